@@ -1,0 +1,1 @@
+"""The cache service: typed cache-aside over Redis with version-guarded fills."""
