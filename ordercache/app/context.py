@@ -13,6 +13,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ordercache.app.cache.breaker import CircuitBreaker
+from ordercache.app.cache.metrics import CacheMetrics
+from ordercache.app.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.app.db import engine_from_settings, session_factory
 from ordercache.app.keys import KeySpace, TtlPolicy
 from ordercache.app.redis_conn import RedisHandle, create_redis
@@ -30,6 +33,7 @@ class AppContext:
     registry: CollectorRegistry
     keys: KeySpace
     ttls: TtlPolicy
+    cache: CacheService
     #: Filled by the subsystems that register themselves (cache, pipeline, streams).
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -42,14 +46,28 @@ class AppContext:
         registry: CollectorRegistry | None = None,
     ) -> AppContext:
         engine = engine_from_settings(settings)
+        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        redis = create_redis(settings, url=redis_url)
+        keys = KeySpace(settings.redis_key_prefix)
+        ttls = TtlPolicy.from_settings(settings)
+        cache = build_cache_service(
+            redis.client,
+            keys,
+            ttls,
+            CacheMetrics.create(reg),
+            timeout=max(settings.redis_read_timeout, settings.redis_write_timeout),
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
+            config=CacheConfig(lease_ms=settings.lease_ttl_ms),
+        )
         return cls(
             settings=settings,
-            redis=create_redis(settings, url=redis_url),
+            redis=redis,
             engine=engine,
             sessions=session_factory(engine),
-            registry=registry if registry is not None else CollectorRegistry(auto_describe=True),
-            keys=KeySpace(settings.redis_key_prefix),
-            ttls=TtlPolicy.from_settings(settings),
+            registry=reg,
+            keys=keys,
+            ttls=ttls,
+            cache=cache,
         )
 
     async def aclose(self) -> None:

@@ -1,0 +1,149 @@
+"""The Redis boundary of the cache: commands, Lua scripts, and error translation.
+
+Everything that talks to Redis for the cache lives here; redis-py exceptions are
+turned into :class:`CacheError` / :class:`CacheTimeoutError` with ``raise … from``
+and never leak to callers. Scripts are loaded once and called by SHA; a pipeline that
+meets ``NOSCRIPT`` (a restarted or failed-over server) reloads them and is replayed —
+every script is idempotent under replay (version guards), so that is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ordercache.app.errors import CacheError, CacheTimeoutError
+from ordercache.app.redis_conn import AnyRedis
+
+
+def _load(name: str) -> str:
+    return resources.files("ordercache.app.cache").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def named(cls, name: str) -> LuaScript:
+        src = _load(name)
+        return cls(name, src, hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest())
+
+
+ACQUIRE = LuaScript.named("acquire")
+FILL = LuaScript.named("fill")
+INVALIDATE = LuaScript.named("invalidate")
+REFRESH = LuaScript.named("refresh")
+ALL_SCRIPTS = (ACQUIRE, FILL, INVALIDATE, REFRESH)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script invocation, for batching in a pipeline."""
+
+    script: LuaScript
+    keys: tuple[str, str, str]
+    args: tuple[Any, ...]
+
+
+class RedisCacheBackend:
+    """Cache commands over one client (standalone, Sentinel master, or Cluster)."""
+
+    def __init__(self, client: AnyRedis, *, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+        self._cluster = isinstance(client, RedisCluster)
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, key: str) -> bytes | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                raw = await self.client.get(key)
+                return raw  # type: ignore[return-value]
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            async with asyncio.timeout(self.timeout):
+                if isinstance(self.client, RedisCluster):
+                    raws = await self.client.mget_nonatomic(keys)
+                else:
+                    raws = await self.client.mget(keys)
+                return list(raws)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    async def delete(self, *keys: str) -> int:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return int(await self.client.delete(*keys))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    # ---------------------------------------------------------------- scripts
+    async def call(self, call: ScriptCall) -> Any:
+        """Run one script (EVALSHA, loading it on NOSCRIPT)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                try:
+                    return await self.client.evalsha(call.script.sha, 3, *call.keys, *call.args)
+                except NoScriptError:
+                    await self.client.script_load(call.script.source)
+                    return await self.client.evalsha(call.script.sha, 3, *call.keys, *call.args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    async def call_many(
+        self, calls: Sequence[ScriptCall], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Run script calls in one pipeline, in order; raise CacheError if any failed."""
+        if not calls:
+            return []
+        try:
+            async with asyncio.timeout(timeout or self.timeout * 4):
+                results = await self._pipeline(calls)
+                if any(isinstance(r, NoScriptError) for r in results):
+                    await self.load_scripts()
+                    results = await self._pipeline(calls)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+        for r in results:
+            if isinstance(r, Exception):
+                raise _translate(r) from r
+        return results
+
+    async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for c in calls:
+            pipe.evalsha(c.script.sha, 3, *c.keys, *c.args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def load_scripts(self) -> None:
+        """Load every script (on all primaries in a cluster)."""
+        try:
+            async with asyncio.timeout(self.timeout * 4):
+                for s in ALL_SCRIPTS:
+                    await self.client.script_load(s.source)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+
+def _translate(exc: BaseException) -> CacheError:
+    if isinstance(exc, CacheError):
+        return exc
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return CacheTimeoutError(f"Redis call timed out: {type(exc).__name__}")
+    return CacheError(f"Redis call failed: {type(exc).__name__}: {exc}")
