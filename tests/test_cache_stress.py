@@ -146,7 +146,7 @@ async def test_two_processes_one_database_load(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     outs = [await asyncio.to_thread(p.communicate, timeout=60) for p in procs]
