@@ -1,0 +1,65 @@
+"""Pipeline metrics on a registry that is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class PipelineMetrics:
+    events: Counter
+    dlq: Counter
+    lag: Histogram
+    consumer_lag: Gauge
+    retries: Counter
+    batch_size: Histogram
+    reapplied: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
+        return cls(
+            events=Counter(
+                "ordercache_events",
+                "Change events by topic and outcome (applied, stale, dlq, tombstone).",
+                ["topic", "outcome"],
+                registry=registry,
+            ),
+            dlq=Counter(
+                "ordercache_dlq_messages",
+                "Records sent to the dead-letter topic, by source topic and reason.",
+                ["topic", "reason"],
+                registry=registry,
+            ),
+            lag=Histogram(
+                "ordercache_invalidation_lag_seconds",
+                "Time from a change event's produce timestamp to its cache operation applied.",
+                buckets=LAG_BUCKETS,
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "ordercache_consumer_lag_messages",
+                "Records behind the high watermark, summed over assigned partitions.",
+                ["topic"],
+                registry=registry,
+            ),
+            retries=Counter(
+                "ordercache_redis_apply_retries",
+                "Retries of a batch's cache operations after a Redis error (offset held).",
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "ordercache_pipeline_batch_records",
+                "Records per processed batch.",
+                buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+                registry=registry,
+            ),
+            reapplied=Counter(
+                "ordercache_invalidations_reapplied",
+                "Recent cache operations re-applied after a Redis restart or failover.",
+                registry=registry,
+            ),
+        )
