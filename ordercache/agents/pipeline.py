@@ -23,6 +23,7 @@ dropped the newest writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -33,7 +34,8 @@ from typing import Any
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 
 from ordercache.agents.batch import (
     Backoff,
@@ -70,6 +72,8 @@ class PipelineConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     rebalance_timeout_ms: int = 5_000
+    #: Partitions of the topics created when missing (production creates them ahead).
+    partitions: int = 4
 
 
 class ChangePipeline(mode.Service):
@@ -107,6 +111,7 @@ class ChangePipeline(mode.Service):
     # ---------------------------------------------------------------- lifecycle
     async def on_start(self) -> None:
         c = self.config
+        await ensure_topics(c.bootstrap, [*c.topics, c.dlq_topic], c.partitions)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=c.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
         )
@@ -266,3 +271,20 @@ class ChangePipeline(mode.Service):
             await self._retrying(lambda: self.cache.apply(ops))
             self.metrics.reapplied.inc(len(ops))
         return len(ops)
+
+
+async def ensure_topics(bootstrap: list[str], topics: Sequence[str], partitions: int) -> None:
+    """Create missing topics (idempotent; existing topics are left as they are)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            # Another worker may create them concurrently: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+    finally:
+        await admin.close()
