@@ -32,7 +32,7 @@ FORMAT_VERSION = "1"
 #: Longest ``detail`` kept, characters (the reason code is the machine-readable part).
 MAX_DETAIL = 500
 
-_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class DlqRecord(NamedTuple):
@@ -66,7 +66,7 @@ class DeadLetter:
 
     def to_record(self) -> DlqRecord:
         """Key, value and headers of the DLQ message (original bytes unchanged)."""
-        if not _REASON_RE.match(self.reason):
+        if not _REASON_RE.fullmatch(self.reason):
             raise ValueError(f"DLQ reason must be a short code, got {self.reason[:40]!r}")
         headers = list(self.headers)
         ctx: list[tuple[str, str]] = [
