@@ -13,9 +13,11 @@ through pydantic (see :mod:`ordercache.agents.decode`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -205,6 +207,16 @@ class Tombstone(NamedTuple):
 
     topic: str
     key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A committed row change before encoding (producer input; images are column -> value)."""
+
+    entity: Entity
+    op: Op
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
 
 
 class TrackingUpdate(BaseModel):
