@@ -140,14 +140,15 @@ def decode(
         doc = doc["payload"]  # JSON converter with schemas.enable=true
         if doc is None:
             return _tombstone(topic, key)
-    if type(doc) is dict and "op" in doc and ("after" in doc or "before" in doc):
+    if type(doc) is dict and "op" in doc and ("source" in doc or "after" in doc or "before" in doc):
+        # (a truncate event has neither before nor after, only op and source)
         return _envelope(topic, key, doc, headers)
     hdrs = _header_map(headers)
     if "id" in hdrs:
         return _outbox(topic, key, doc, hdrs, config)
     raise DecodeError(
         "schema_mismatch",
-        "neither a Debezium envelope (op, before/after) nor an outbox event (header 'id')",
+        "neither a Debezium envelope (op, source/before/after) nor an outbox event (header 'id')",
     )
 
 
@@ -166,10 +167,10 @@ def _envelope(
     if entity is None:
         raise DecodeError("unknown_table", f"source.table {str(table)[:64]!r}")
     src = SourceInfo(
-        table=table,  # type: ignore[arg-type]  # a str: it was found in _TABLES
-        lsn=_opt_int(source.get("lsn"), "source.lsn"),
-        tx_id=_opt_int(source.get("txId"), "source.txId"),
-        ts_ms=_opt_int(source.get("ts_ms"), "source.ts_ms"),
+        entity.value,
+        _opt_int(source.get("lsn"), "source.lsn"),
+        _opt_int(source.get("txId"), "source.txId"),
+        _opt_int(source.get("ts_ms"), "source.ts_ms"),
     )
     ts_ms = _opt_int(doc.get("ts_ms"), "ts_ms")
     event_id = _header_text(_header_map(headers).get("id")) if headers else None
