@@ -211,6 +211,13 @@ def test_envelope_event_id_header_is_kept() -> None:
     assert ev.form == "envelope"
 
 
+def test_envelope_without_id_header_has_no_event_id() -> None:
+    value = dumps(envelope("orders", "c", after=ROWS["orders"]))
+    ev = decode("t", b"11", value, [("traceparent", b"00-1-2-01"), ("id", None)])
+    assert isinstance(ev, ChangeEvent)
+    assert ev.event_id is None
+
+
 def test_unknown_columns_are_ignored() -> None:
     after = with_row("orders", coupon_code="X1", shipping_notes=None)
     ev = decode("t", b"11", dumps(envelope("orders", "c", after=after)), [])
@@ -464,6 +471,7 @@ ERROR_CASES: list[tuple[str, str, bytes | None, bytes | None, list[tuple[str, by
     ),
     ("schema_mismatch", "orders.changes", b"1", dumps(ORDER_PAYLOAD), [("id", b"")]),
     ("schema_mismatch", "orders.changes", b"1", dumps(ORDER_PAYLOAD), [("id", b"\xff")]),
+    ("schema_mismatch", "orders.changes", b"1", dumps(ORDER_PAYLOAD), [("id", None)]),
     ("invalid_json", "orders.changes", b"1", dumps("{broken"), [("id", b"e")]),
 ]
 

@@ -17,15 +17,21 @@ from ordercache.agents.dlq import (
     HEADER_PREFIX,
     MAX_DETAIL,
     DeadLetter,
+    DlqRecord,
     dead_letter,
     from_decode_error,
 )
 from ordercache.app.errors import DecodeError
 
-ORIGINAL_HEADERS = [("id", b"evt-1"), ("traceparent", b"00-abc-def-01"), ("id", b"dup")]
+ORIGINAL_HEADERS = [
+    ("id", b"evt-1"),
+    ("traceparent", b"00-abc-def-01"),
+    ("id", b"dup"),
+    ("nullable", None),
+]
 
 
-def build(**overrides: object) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+def build(**overrides: object) -> DlqRecord:
     args: dict[str, object] = {
         "topic": "orders.changes",
         "partition": 3,
@@ -40,8 +46,8 @@ def build(**overrides: object) -> tuple[bytes | None, bytes | None, list[tuple[s
     return dead_letter("invalid_json", "unexpected character", **args)  # type: ignore[arg-type]
 
 
-def ours(headers: list[tuple[str, bytes]]) -> dict[str, str]:
-    return {k: v.decode() for k, v in headers if k.startswith(HEADER_PREFIX)}
+def ours(headers: list[tuple[str, bytes | None]]) -> dict[str, str]:
+    return {k: (v or b"").decode() for k, v in headers if k.startswith(HEADER_PREFIX)}
 
 
 def test_original_bytes_and_headers_are_kept_exactly() -> None:

@@ -53,6 +53,9 @@ REASONS = frozenset(
     }
 )
 
+#: Kafka headers as aiokafka delivers them (a header value may be null).
+Headers = Sequence[tuple[str, bytes | None]]
+
 #: Default largest accepted value, bytes.
 DEFAULT_MAX_BYTES = 1 << 20
 
@@ -122,7 +125,7 @@ def decode(
     topic: str,
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes]] = (),
+    headers: Headers = (),
     config: DecodeConfig = DEFAULT_CONFIG,
 ) -> ChangeEvent | Tombstone:
     """Decode one Kafka message. Raises :class:`DecodeError` (``reason`` in REASONS).
@@ -153,9 +156,7 @@ def decode(
 
 
 # --------------------------------------------------------------------------- envelope
-def _envelope(
-    topic: str, key: bytes | None, doc: dict[str, Any], headers: Sequence[tuple[str, bytes]]
-) -> ChangeEvent:
+def _envelope(topic: str, key: bytes | None, doc: dict[str, Any], headers: Headers) -> ChangeEvent:
     op = _OPS.get(doc["op"]) if isinstance(doc["op"], str) else None
     if op is None:
         raise DecodeError("unknown_op", f"op {str(doc['op'])[:16]!r}")
@@ -173,7 +174,8 @@ def _envelope(
         _opt_int(source.get("ts_ms"), "source.ts_ms"),
     )
     ts_ms = _opt_int(doc.get("ts_ms"), "ts_ms")
-    event_id = _header_text(_header_map(headers).get("id")) if headers else None
+    raw_id = _header_map(headers).get("id") if headers else None
+    event_id = None if raw_id is None else _header_text(raw_id)
     raw_before, raw_after = doc.get("before"), doc.get("after")
 
     if op is Op.TRUNCATE:
@@ -208,7 +210,7 @@ def _before(entity: Entity, raw: object) -> tuple[Row | None, int]:
 
 # --------------------------------------------------------------------------- outbox
 def _outbox(
-    topic: str, key: bytes | None, doc: Any, headers: dict[str, bytes], config: DecodeConfig
+    topic: str, key: bytes | None, doc: Any, headers: dict[str, bytes | None], config: DecodeConfig
 ) -> ChangeEvent:
     if key is None:
         raise DecodeError("missing_key", "outbox event without an aggregate id key")
@@ -234,7 +236,7 @@ def _outbox(
 
 
 def _outbox_entity(
-    topic: str, headers: dict[str, bytes], extras: dict[str, Any], config: DecodeConfig
+    topic: str, headers: dict[str, bytes | None], extras: dict[str, Any], config: DecodeConfig
 ) -> Entity:
     raw = headers.get("aggregatetype")
     name = _header_text(raw) if raw is not None else extras.get("aggregatetype")
@@ -251,7 +253,7 @@ def _outbox_entity(
     return entity
 
 
-def _outbox_op(headers: dict[str, bytes], extras: dict[str, Any]) -> Op:
+def _outbox_op(headers: dict[str, bytes | None], extras: dict[str, Any]) -> Op:
     raw = headers.get("op")
     if raw is not None:
         op = _OPS.get(_header_text(raw))
@@ -311,9 +313,9 @@ def _opt_int(raw: object, where: str) -> int | None:
     raise DecodeError("schema_mismatch", f"{where}: expected an integer")
 
 
-def _header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
+def _header_map(headers: Headers) -> dict[str, bytes | None]:
     """Header names lower-cased (first occurrence wins), ``_``/``-`` dropped."""
-    out: dict[str, bytes] = {}
+    out: dict[str, bytes | None] = {}
     for name, raw in headers:
         out.setdefault(name.lower().replace("_", "").replace("-", ""), raw)
     return out
@@ -322,7 +324,7 @@ def _header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
 def _header_text(raw: bytes | None) -> str:
     """A header value as text; one pair of JSON quotes is removed if present."""
     if raw is None:
-        return ""
+        raise DecodeError("schema_mismatch", "header without a value")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -40,7 +40,7 @@ class DlqRecord(NamedTuple):
 
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class DeadLetter:
     offset: int | None
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int | None
     failed_at_ms: int
     attempts: int = 1
@@ -68,7 +68,7 @@ class DeadLetter:
         """Key, value and headers of the DLQ message (original bytes unchanged)."""
         if not _REASON_RE.fullmatch(self.reason):
             raise ValueError(f"DLQ reason must be a short code, got {self.reason[:40]!r}")
-        headers = list(self.headers)
+        headers: list[tuple[str, bytes | None]] = list(self.headers)
         ctx: list[tuple[str, str]] = [
             (H_REASON, self.reason),
             (H_DETAIL, _clip(self.detail)),
@@ -90,14 +90,14 @@ class DeadLetter:
 
     @classmethod
     def from_record(
-        cls, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+        cls, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
     ) -> DeadLetter:
         """Read a DLQ message back (tools, replays, tests). Raises ValueError."""
         ours: dict[str, str] = {}
-        original: list[tuple[str, bytes]] = []
+        original: list[tuple[str, bytes | None]] = []
         for name, raw in headers:
             if name.startswith(HEADER_PREFIX):
-                ours[name] = raw.decode("utf-8")
+                ours[name] = (raw or b"").decode("utf-8")
             else:
                 original.append((name, raw))
         if H_REASON not in ours or H_TOPIC not in ours or H_FAILED_AT not in ours:
@@ -126,7 +126,7 @@ def dead_letter(
     offset: int | None,
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes]],
+    headers: Sequence[tuple[str, bytes | None]],
     timestamp_ms: int | None,
     now_ms: int,
 ) -> DlqRecord:
@@ -136,10 +136,10 @@ def dead_letter(
     again) are replaced, and the attempt count goes up by one.
     """
     previous = 0
-    kept: list[tuple[str, bytes]] = []
+    kept: list[tuple[str, bytes | None]] = []
     for name, raw in headers:
         if name.startswith(HEADER_PREFIX):
-            if name == H_ATTEMPTS:
+            if name == H_ATTEMPTS and raw is not None:
                 previous = _opt_int(raw.decode("utf-8", "replace"), default=0) or 0
             continue
         kept.append((name, raw))
@@ -167,7 +167,7 @@ def from_decode_error(
     offset: int | None,
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes]],
+    headers: Sequence[tuple[str, bytes | None]],
     timestamp_ms: int | None,
     now_ms: int,
 ) -> DlqRecord:
