@@ -247,7 +247,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_around_them_apply(
     good = [base + i for i in range(3)]
     bad = [
         (b"{not json", "invalid_json"),
-        (json.dumps({"op": "u", "after": {"product_id": "x"}, "source": {"table": "inventory"}}).encode(), "schema_mismatch"),
+        (json.dumps({"op": "u", "after": {"product_id": 5, "available": "lots"}, "source": {"table": "inventory"}}).encode(), "schema_mismatch"),
         (json.dumps({"op": "z", "before": None, "after": None, "source": {"table": "inventory"}}).encode(), "unknown_op"),
         (b'{"pad": "' + b"x" * 5000 + b'"}', "oversized"),
     ]  # fmt: skip
