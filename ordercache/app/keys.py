@@ -72,6 +72,11 @@ class KeySpace:
         """Key of the cross-process fill lease (same slot as the entry)."""
         return self.entry(view, entity_id) + ":l"
 
+    def triple(self, view: View, entity_id: int) -> tuple[str, str, str]:
+        """(entry, guard, lease) keys: what every cache script receives, in that order."""
+        entry = self.entry(view, entity_id)
+        return entry, entry + ":g", entry + ":l"
+
     def health(self, node: str) -> str:
         """Key the readiness probe writes and deletes."""
         return f"{self.prefix}:health:{node}"
