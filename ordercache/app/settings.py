@@ -37,7 +37,10 @@ SECRET_FIELDS = frozenset(
 
 
 def parse_hostports(raw: str, var: str) -> list[tuple[str, int]]:
-    """Parse ``"h1:p1,h2:p2"`` into pairs, or raise naming ``var``."""
+    """Parse ``"h1:p1,h2:p2"`` into (host, port) pairs, or raise naming ``var``.
+
+    At least one pair is required; empty items between commas are skipped.
+    """
     out: list[tuple[str, int]] = []
     for part in (p.strip() for p in raw.split(",")):
         if not part:
@@ -49,6 +52,8 @@ def parse_hostports(raw: str, var: str) -> list[tuple[str, int]]:
         if not 1 <= port_no <= 65535:
             raise ValueError(f"{var}: port out of range in {part!r}")
         out.append((host.strip("[]"), port_no))
+    if not out:
+        raise ValueError(f"{var}: expected at least one host:port")
     return out
 
 
@@ -124,15 +129,18 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr | None = Field(
         None,
-        description="redis:// or rediss:// URL; overrides the discrete host/port/... fields. "
-        "Unset with no host either: the local default starts a private redis-server.",
+        description="redis://, rediss:// (TLS) or unix:// URL; overrides the discrete "
+        "host/port/... fields. Unset with no host either: the local default starts a private "
+        "redis-server.",
     )
     redis_host: str | None = Field(None, description="Redis host (standalone).")
     redis_port: Port = Field(6379, description="Redis port (standalone).")
     redis_username: str | None = Field(None, description="ACL user name.")
     redis_password: SecretStr | None = Field(None, description="ACL or requirepass password.")
     redis_db: Annotated[int, Field(ge=0, le=15)] = Field(0, description="Logical database 0-15.")
-    redis_tls: bool = Field(False, description="Use TLS (rediss).")
+    redis_tls: bool = Field(
+        False, description="Use TLS with the discrete fields (a rediss:// URL implies it)."
+    )
     redis_tls_ca_file: Path | None = Field(None, description="CA bundle for TLS verification.")
     redis_tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
     redis_tls_key_file: Path | None = Field(None, description="Client key (mutual TLS).")
@@ -147,7 +155,11 @@ class Settings(BaseSettings):
     redis_cluster_nodes: str | None = Field(
         None, description="Cluster seed nodes, 'host:port,host:port' (cluster mode)."
     )
-    redis_max_connections: PositiveInt = Field(64, description="Connection pool size.")
+    redis_max_connections: PositiveInt = Field(
+        64,
+        description="Connection pool size (per node in cluster mode); callers wait up to the "
+        "connect timeout for a free connection.",
+    )
     redis_connect_timeout: PositiveSeconds = Field(1.0, description="Connect timeout, seconds.")
     redis_read_timeout: PositiveSeconds = Field(
         0.5, description="Socket read timeout per command, seconds."
