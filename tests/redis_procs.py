@@ -23,7 +23,7 @@ from ordercache.app.local import (
 )
 
 
-def _wait(predicate: object, what: str, timeout: float = 15.0) -> None:
+def wait_until(predicate: object, what: str, timeout: float = 15.0) -> None:
     """Poll ``predicate()`` until it is truthy; errors count as "not yet"."""
     assert callable(predicate)
     deadline = time.monotonic() + timeout
@@ -64,7 +64,7 @@ def start_sentinel(master: ManagedProcess, name: str = "mymaster") -> ManagedPro
         wait_for_port(port)
         client = redis.Redis(port=port, socket_timeout=1)
         try:
-            _wait(
+            wait_until(
                 lambda: client.sentinel_get_master_addr_by_name(name) is not None,
                 "sentinel knows the master",
             )
@@ -114,7 +114,7 @@ def start_cluster(size: int = 3) -> LocalCluster:
         for node in cluster.nodes:
             client = redis.Redis(port=node.port, socket_timeout=1)
             try:
-                _wait(
+                wait_until(
                     lambda c=client: c.execute_command("CLUSTER INFO")["cluster_state"] == "ok",
                     f"cluster_state:ok on {node.url}",
                     timeout=30,

@@ -34,6 +34,7 @@ from tests.redis_procs import (
     start_cluster,
     start_sentinel,
     start_tls_redis,
+    wait_until,
 )
 
 APP_ID = "oc-conn-test"
@@ -355,6 +356,45 @@ async def test_sentinel_with_unknown_master_fails_cleanly(
     h = make(handles, settings)
     with pytest.raises(MasterNotFoundError):
         await h.client.ping()
+
+
+async def test_sentinel_client_follows_a_failover_within_one_call(
+    handles: list[RedisHandle],
+) -> None:
+    master = start_redis_server()
+    replica = start_redis_server(extra_args=["--replicaof", "127.0.0.1", str(master.port)])
+    sentinel = start_sentinel(master, "mymaster")
+    admin = redis.Redis(port=sentinel.port, decode_responses=True, socket_timeout=2)
+    promoted = redis.Redis(port=replica.port, decode_responses=True, socket_timeout=2)
+    try:
+        h = make(
+            handles,
+            make_settings(
+                redis_mode="sentinel", redis_sentinels=sentinel.url, redis_retry_attempts=3
+            ),
+        )
+        await h.client.set("before", b"1")
+        wait_until(lambda: promoted.get("before") == "1", "replica in sync")
+        wait_until(lambda: admin.sentinel_slaves("mymaster"), "sentinel knows the replica")
+
+        master.kill()
+        wait_until(
+            lambda: (
+                admin.sentinel_get_master_addr_by_name("mymaster")[1] == replica.port
+                and promoted.execute_command("ROLE")[0] == "master"
+            ),
+            "failover to the replica",
+        )
+        # The pooled connection still points at the dead master: the command's own
+        # retries must ask Sentinel again instead of reconnecting to the old address.
+        assert await h.client.set("after", b"2") is True
+        assert promoted.get("after") == "2"
+    finally:
+        admin.close()
+        promoted.close()
+        sentinel.cleanup()
+        replica.cleanup()
+        master.cleanup()
 
 
 # --------------------------------------------------------------------------- cluster

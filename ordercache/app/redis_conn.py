@@ -20,7 +20,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -82,6 +87,26 @@ def _common_kwargs(settings: Settings) -> dict[str, Any]:
     if settings.redis_password is not None:
         kw["password"] = settings.redis_password.get_secret_value()
     return kw
+
+
+class _FollowMaster(SentinelManagedConnection):
+    """Re-resolves the master on every reconnect, including a command's retries.
+
+    redis-py reconnects a dropped connection inside a command's retry loop without
+    asking Sentinel again, so after a failover every retry went to the old master
+    and the call failed.
+    """
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _FollowMasterSSL(_FollowMaster, SentinelManagedSSLConnection):
+    pass
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -266,8 +291,7 @@ def _create_sentinel(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
     if settings.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
     conn_kw = dict(kw)
-    if settings.redis_tls:
-        conn_kw["ssl"] = True  # the pool turns this into its SSL connection class
+    conn_kw["connection_class"] = _FollowMasterSSL if settings.redis_tls else _FollowMaster
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         addrs, sentinel_kwargs=sentinel_kwargs, db=settings.redis_db, **conn_kw
     )
