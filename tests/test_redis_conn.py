@@ -466,6 +466,57 @@ async def test_cluster_pipelines_wait_for_connections_instead_of_failing(
     assert h.pool_stats()["idle"] <= 2 * 3
 
 
+def _move_slot_of(key: str, cluster: LocalCluster) -> int:
+    """Migrate ``key``'s slot (and the key) to another node; return the new owner's port."""
+    clients = {n.port: redis.Redis(port=n.port, socket_timeout=5) for n in cluster.nodes}
+    try:
+        any_node = next(iter(clients.values()))
+        slot = int(any_node.execute_command("CLUSTER KEYSLOT", key))
+        owner = next(
+            p for p, c in clients.items() if c.execute_command("CLUSTER COUNTKEYSINSLOT", slot)
+        )
+        target = next(p for p in clients if p != owner)
+        ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in clients.items()}
+        clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
+        clients[owner].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        clients[owner].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", key)
+        for c in clients.values():
+            c.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+        return target
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+async def test_cluster_pipeline_follows_a_moved_slot_with_one_connection(
+    handles: list[RedisHandle],
+) -> None:
+    own = start_cluster(3)  # its slot map gets changed: not the shared module cluster
+    try:
+        settings = make_settings(
+            redis_mode="cluster",
+            redis_cluster_nodes=own.addresses,
+            redis_max_connections=1,
+            redis_retry_attempts=0,  # a stalled re-send must fail, not be retried whole
+        )
+        h = make(handles, settings)
+        key = unique("moved")
+        await h.client.set(key, b"1")  # the client now caches the slot map
+        new_owner = _move_slot_of(key, own)
+        # The pipeline goes to the old owner, gets MOVED and re-sends the command on
+        # its own while it still holds the only admission.
+        pipe = h.client.pipeline()
+        pipe.set(key, b"2")
+        assert await pipe.execute() == [True]
+        raw = redis.Redis(port=new_owner)
+        try:
+            assert raw.get(key) == b"2"
+        finally:
+            raw.close()
+    finally:
+        own.cleanup()
+
+
 # --------------------------------------------------------------------------- TLS
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:

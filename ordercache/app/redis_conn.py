@@ -11,8 +11,10 @@ and closes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +119,10 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     """
 
 
+#: Set while the current task holds a cluster admission (nested calls reuse it).
+_ADMITTED: ContextVar[bool] = ContextVar("ordercache_cluster_admitted", default=False)
+
+
 class _GatedCluster(RedisCluster):
     """A cluster client whose callers wait for a free connection instead of failing.
 
@@ -131,19 +137,27 @@ class _GatedCluster(RedisCluster):
         self._gate = asyncio.Semaphore(max_connections)
         self._pool_timeout = pool_timeout
 
-    async def _admit(self) -> None:
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Hold one admission; a pipeline re-sending redirected commands nests freely."""
+        if _ADMITTED.get():
+            yield
+            return
         try:
             async with asyncio.timeout(self._pool_timeout):
                 await self._gate.acquire()
         except TimeoutError:
             raise RedisConnectionError("No connection available.") from None
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._gate.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        await self._admit()
-        try:
+        async with self.admitted():
             return await super().execute_command(*args, **kwargs)
-        finally:
-            self._gate.release()
 
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None
@@ -159,11 +173,8 @@ class _GatedPipeline(ClusterPipeline):
     ) -> list[Any]:
         client = self.cluster_client
         assert isinstance(client, _GatedCluster)
-        await client._admit()
-        try:
+        async with client.admitted():
             return await super().execute(raise_on_error, allow_redirections)
-        finally:
-            client._gate.release()
 
 
 @dataclass
