@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ordercache.app.errors import ConfigError
 
@@ -96,7 +97,7 @@ def check_database_url(url: str) -> None:
     expected = "expected postgresql+asyncpg://user@host:port/db or sqlite+aiosqlite:///path"
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - any parse failure is the same user error
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port
         raise ValueError(f"{var}: malformed URL ({expected})") from None
     if parsed.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
         raise ValueError(f"{var}: {expected}")
