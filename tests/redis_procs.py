@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,8 @@ from ordercache.app.local import (
 )
 
 
-def wait_until(predicate: object, what: str, timeout: float = 15.0) -> None:
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
     """Poll ``predicate()`` until it is truthy; errors count as "not yet"."""
-    assert callable(predicate)
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
