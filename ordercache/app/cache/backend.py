@@ -70,10 +70,11 @@ class RedisCacheBackend:
 
     # ------------------------------------------------------------------ reads
     async def get(self, key: str) -> bytes | None:
+        """GET on the hit path. Bounded by the client's socket timeout (and its retries)
+        rather than an extra ``asyncio.timeout``, which costs a timer per call."""
         try:
-            async with asyncio.timeout(self.timeout):
-                raw = await self.client.get(key)
-                return raw  # type: ignore[return-value]
+            raw = await self.client.get(key)
+            return raw  # type: ignore[return-value]
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
 
