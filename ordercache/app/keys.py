@@ -44,7 +44,7 @@ def validate_id(raw: object) -> int:
         value = raw
     elif isinstance(raw, str | bytes):
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-        if not _ID_RE.match(text):
+        if not _ID_RE.fullmatch(text):
             raise InvalidIdError("id must be 1-19 decimal digits without a leading zero")
         value = int(text)
     else:
