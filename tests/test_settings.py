@@ -494,3 +494,16 @@ def test_configdoc_check_exit_status(tmp_path: Path) -> None:
     assert configdoc.main(["--check", "--path", str(tmp_path / "missing.md")]) == 1
     assert configdoc.main(["--write", "--path", str(stale)]) == 0
     assert configdoc.main(["--check", "--path", str(stale)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("REDIS_KEY_PREFIX", "oc\n"),
+        ("TOPIC_ORDERS", "orders.changes\n"),
+    ],
+)
+def test_trailing_newline_is_rejected(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({f"ORDERCACHE_{var}": value})
+    assert f"ORDERCACHE_{var}" in str(err.value)

@@ -46,7 +46,7 @@ def parse_hostports(raw: str, var: str) -> list[tuple[str, int]]:
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
-        if not _HOSTPORT.match(part):
+        if not _HOSTPORT.fullmatch(part):
             raise ValueError(f"{var}: expected comma-separated host:port pairs, got {part!r}")
         host, _, port = part.rpartition(":")
         port_no = int(port)
@@ -241,14 +241,14 @@ class Settings(BaseSettings):
     @field_validator("redis_key_prefix")
     @classmethod
     def _check_prefix(cls, v: str) -> str:
-        if not _PREFIX_RE.match(v):
+        if not _PREFIX_RE.fullmatch(v):
             raise ValueError("expected 1-32 characters of letters, digits, '_' or '-'")
         return v
 
     @field_validator("topic_orders", "topic_inventory", "topic_tracking", "topic_dlq")
     @classmethod
     def _check_topic(cls, v: str) -> str:
-        if not _TOPIC_RE.match(v):
+        if not _TOPIC_RE.fullmatch(v):
             raise ValueError("expected a Kafka topic name (letters, digits, '.', '_', '-')")
         return v
 
