@@ -22,9 +22,11 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from ordercache.app.cache.codec import INVENTORY
+from ordercache.app.cache.service import CacheService
 from ordercache.app.context import AppContext
 from ordercache.app.keys import View
 from ordercache.models.orm import Inventory
+from ordercache.models.views import ProductInventory
 from tests.conftest import REDIS_URL
 from tests.test_cache_service import add_products, bump, inventory_loader, make_cache
 
@@ -45,28 +47,63 @@ async def run_race(ctx: AppContext, prefix: str, *, guard: bool, seconds: float 
 async def _race(
     ctx: AppContext, client: aioredis.Redis, prefix: str, *, guard: bool, seconds: float
 ) -> int:
-    cache = make_cache(client, prefix, guard=guard, lease_wait=0.05)
+    # Four services stand for four processes (each has its own single-flight); with
+    # no lease wait every process loads for itself, so loads overlap writes often.
+    services = [make_cache(client, prefix, guard=guard, lease_wait=0.0) for _ in range(4)]
+    cache = services[0]
     pids = await add_products(ctx, 6)
-    loader = inventory_loader(ctx, pause=0.02)
+    base_loader = inventory_loader(ctx)
     stop = asyncio.Event()
+    read_done = {pid: asyncio.Event() for pid in pids}
 
-    async def reader() -> None:
+    async def loader(pid: int) -> ProductInventory | None:
+        value = await base_loader(pid)
+        read_done[pid].set()
+        # the time between a reader's database read and its fill: the race window
+        await asyncio.sleep(0.015 + random.random() * 0.015)
+        return value
+
+    async def reader(service: CacheService) -> None:
         while not stop.is_set():
-            await cache.get_or_load(INVENTORY, random.choice(pids), loader)
+            await service.get_or_load(INVENTORY, random.choice(pids), loader)
 
-    async def writer() -> None:
-        while not stop.is_set():
-            pid = random.choice(pids)
-            version = await bump(ctx, pid, available=random.randint(0, 1000))
-            await asyncio.sleep(random.random() * 0.005)  # event pipeline delay
-            await cache.invalidate(View.INVENTORY, pid, version=version)
-            await asyncio.sleep(random.random() * 0.01)
+    stop_writers = asyncio.Event()
 
-    tasks = [asyncio.create_task(reader()) for _ in range(12)]
-    tasks += [asyncio.create_task(writer()) for _ in range(2)]
+    async def writer_loop() -> None:
+        while not stop_writers.is_set():
+            await writer_step()
+
+    async def writer_step(pid: int | None = None) -> None:
+        pid = pid if pid is not None else random.choice(pids)
+        version = await bump(ctx, pid, available=random.randint(0, 1000))
+        await asyncio.sleep(random.random() * 0.005)  # event pipeline delay
+        await cache.invalidate(View.INVENTORY, pid, version=version)
+        await asyncio.sleep(random.random() * 0.01)
+
+    readers = [asyncio.create_task(reader(services[i % 4])) for i in range(12)]
+    writers = [asyncio.create_task(writer_loop()) for _ in range(2)]
     await asyncio.sleep(seconds)
+    stop_writers.set()
+    await asyncio.gather(*writers)
+
+    # A last write of every key while readers are loading it — the classic race at its
+    # most likely right before quiescence: drop the entry so readers start loading,
+    # let their database reads happen, then commit and invalidate.
+    async def last_write(pid: int) -> None:
+        for _ in range(50):
+            read_done[pid].clear()
+            await cache.invalidate(View.INVENTORY, pid)
+            try:
+                await asyncio.wait_for(read_done[pid].wait(), timeout=0.2)
+                break
+            except TimeoutError:
+                continue  # an older fill landed first and readers hit it: go again
+        await writer_step(pid)
+
+    await asyncio.gather(*(last_write(pid) for pid in pids))
+    await asyncio.sleep(0.1)  # in-flight fills land
     stop.set()
-    await asyncio.gather(*tasks)  # quiescence: every write has been invalidated
+    await asyncio.gather(*readers)  # quiescence: every write has been invalidated
 
     stale = 0
     async with ctx.sessions() as s:
@@ -106,6 +143,7 @@ import asyncio, sys, time
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from ordercache.app.cache.codec import INVENTORY
+from ordercache.app.cache.service import CacheService
 from ordercache.app.cache.metrics import CacheMetrics
 from ordercache.app.cache.service import CacheConfig, build_cache_service
 from ordercache.app.keys import KeySpace, TtlPolicy
