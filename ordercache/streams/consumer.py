@@ -32,6 +32,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from ordercache.app.errors import OrderCacheError
 from ordercache.app.redis_conn import AnyRedis
 from ordercache.streams._redis import TRANSIENT_ERRORS, Backoff, is_nogroup, safe_block_ms
 from ordercache.streams.config import ConsumerConfig
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 _MAX_REMEMBERED_ERRORS = 10_000
 
 RawEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class RejectEntry(OrderCacheError):
+    """Raised by a handler for an entry that can never succeed: dead-letter it now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +302,11 @@ class StreamConsumer:
             return
         try:
             await self.handler(msg)
+        except RejectEntry as exc:
+            # The handler knows retrying cannot help (e.g. an undecodable entry).
+            self._t.errors.pop(entry_id, None)
+            await self._dead_letter(msg, f"rejected: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - a failing entry must not stop the stream
             self.stats.failed += 1
             if len(self._t.errors) < _MAX_REMEMBERED_ERRORS:
@@ -328,12 +338,13 @@ class StreamConsumer:
                     return
                 await backoff.sleep()
 
-    async def _dead_letter(self, msg: StreamMessage) -> None:
+    async def _dead_letter(self, msg: StreamMessage, reason: str | None = None) -> None:
         """Move ``msg`` to the dead-letter stream and acknowledge it, atomically."""
-        last_error = self._t.errors.pop(msg.id, None)
-        reason = f"delivered {msg.deliveries} times (max {self.config.max_deliveries})"
-        if last_error:
-            reason += f"; last error: {last_error}"
+        if reason is None:
+            last_error = self._t.errors.pop(msg.id, None)
+            reason = f"delivered {msg.deliveries} times (max {self.config.max_deliveries})"
+            if last_error:
+                reason += f"; last error: {last_error}"
         fields: dict[FieldT, EncodableT] = dict(msg.raw.items())
         fields.update(
             {

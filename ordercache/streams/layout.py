@@ -49,11 +49,16 @@ class StreamLayout:
 
     def order_stream(self, order_id: int) -> str:
         """Per-order stream (tailed with XREAD BLOCK)."""
-        return self.keys.stream(f"order:{{{validate_id(order_id)}}}")
+        return order_stream_key(self.keys, order_id)
 
     def order_state(self, order_id: int) -> str:
         """Hash of the order stream's dedupe state (same slot as the order stream)."""
         return self.order_stream(order_id) + ":state"
+
+
+def order_stream_key(keys: KeySpace, order_id: int | str) -> str:
+    """Per-order stream of ``order_id`` (validated: it becomes part of a key)."""
+    return keys.stream(f"order:{{{validate_id(order_id)}}}")
 
 
 def dead_letter_key(stream: str) -> str:
