@@ -22,7 +22,7 @@ from ordercache.streams.entry import (
     iso_utc,
 )
 from ordercache.streams.errors import MirrorOrderError
-from ordercache.streams.layout import StreamLayout, dead_letter_key, order_stream_key
+from ordercache.streams.layout import StreamLayout, dead_letter_key
 from ordercache.streams.mirror import check_partition_order, record_args
 from ordercache.streams.notifier import notification_text
 from ordercache.streams.tail import format_entry
@@ -83,9 +83,9 @@ def test_fields_are_flat_strings() -> None:
     flat = encode_fields(rec())
     assert all(isinstance(x, str) for x in flat)
     assert len(flat) % 2 == 0
-    args = record_args(rec())
-    assert args[:4] == ["ev-1", "tracking.updates:2", "1000", str(len(flat) // 2)]
-    assert args[4:] == flat
+    args = record_args(rec(), 4)
+    assert args[:5] == ["ev-1", "tracking.updates:2", 1000, 4, len(flat) // 2]
+    assert args[5:] == flat
 
 
 @pytest.mark.parametrize(
@@ -234,15 +234,16 @@ def test_layout_slots(order_id: int) -> None:
         )
     }
     assert len(same_slot) == 1
-    order_keys = (layout.order_stream(order_id), layout.order_state(order_id))
-    assert order_keys[0] == f"oc:stream:order:{{{order_id}}}"
-    assert len({key_slot(k.encode()) for k in order_keys}) == 1
+    # The order's stream shares its shard's slot: one script appends to both.
+    order_stream = layout.order_stream(order_id)
+    assert order_stream == f"oc:stream:tracking:{{{shard}}}:order:{order_id}"
+    assert key_slot(order_stream.encode()) in same_slot
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "1 ", "abc", "1e3", 0, -5, "99999999999999999999"])
 def test_order_key_validates_id(bad: object) -> None:
     with pytest.raises(InvalidIdError):
-        order_stream_key(KeySpace("oc"), bad)  # type: ignore[arg-type]
+        StreamLayout(KeySpace("oc"), 4).order_stream(bad)  # type: ignore[arg-type]
 
 
 def test_shard_range() -> None:

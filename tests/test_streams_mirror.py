@@ -150,7 +150,7 @@ async def test_repeated_event_id_under_new_offset(
         assert await off.mirror([retry]) == MirrorResult(1, 0)
     finally:
         for key in [*off.layout.shard_streams(), off.layout.order_stream(first.order_id)]:
-            await redis_raw.delete(key, key + ":offsets", key + ":seen", key + ":state")
+            await redis_raw.delete(key, key + ":offsets", key + ":seen")
 
 
 async def test_duplicates_inside_one_batch(redis_raw: aioredis.Redis, mirror: StreamMirror) -> None:
@@ -185,7 +185,6 @@ async def test_maxlen_keeps_streams_bounded(redis_raw: aioredis.Redis, key_prefi
     for order_id in range(1, 7):
         assert await redis_raw.xlen(mirror.layout.order_stream(order_id)) <= cfg.order_maxlen + node
         assert await redis_raw.pttl(mirror.layout.order_stream(order_id)) > 0
-        assert await redis_raw.pttl(mirror.layout.order_state(order_id)) > 0
 
 
 async def test_minid_trims_by_age(redis_raw: aioredis.Redis, key_prefix: str) -> None:
@@ -217,36 +216,51 @@ async def test_dedupe_memory_is_windowed(redis_raw: aioredis.Redis, key_prefix: 
     assert await mirror.mirror(log) == MirrorResult(0, 60)
 
 
-async def test_order_state_forgets_old_event_ids(
-    redis_raw: aioredis.Redis, key_prefix: str
-) -> None:
-    cfg = MirrorConfig(shards=1, dedupe_window_ms=100)
-    mirror = StreamMirror(redis_raw, KeySpace(key_prefix), cfg)
-    log = make_log(301, partitions=1, orders=1)
-    await mirror.mirror(log[:300])
-    state = mirror.layout.order_state(log[0].order_id)
-    assert await redis_raw.hlen(state) == 301  # 300 event ids + 1 watermark
-    await asyncio.sleep(0.25)
-    await mirror.mirror(log[300:])
-    assert await redis_raw.hlen(state) == 2  # pruned: the newest id + the watermark
-    assert await mirror.mirror(log) == MirrorResult(0, 301)
-
-
-async def test_failed_append_is_retried_safely(
+async def test_broken_global_stream_fails_the_batch_until_fixed(
     redis_raw: aioredis.Redis, mirror: StreamMirror
 ) -> None:
-    """One target fails (wrong key type): the batch raises, a retry completes it."""
+    """The shard stream key holds a string: the batch raises (retriable), nothing of
+    that shard is marked as mirrored, and a retry after the fix completes it."""
     log = make_log(30, partitions=2, orders=5)
-    victim = log[0].order_id
-    await redis_raw.set(mirror.layout.order_stream(victim), "not a stream")
+    broken = mirror.layout.shard_stream(0)
+    await redis_raw.set(broken, "not a stream")
     with pytest.raises(StreamError) as info:
         await mirror.mirror(log)
     assert info.value.retriable
-    await redis_raw.delete(mirror.layout.order_stream(victim))
+    await redis_raw.delete(broken)
     res = await mirror.mirror(log)
-    assert res == MirrorResult(0, 30)  # the global streams took everything the first time
-    got = await stream_events(redis_raw, mirror.layout.order_stream(victim))
-    assert got == [r.event_id for r in log if r.order_id == victim]
+    in_shard0 = sum(1 for r in log if r.order_id % 3 == 0)
+    assert res == MirrorResult(in_shard0, 30 - in_shard0)
+    assert len(await global_events(redis_raw, mirror)) == 30
+
+
+async def test_broken_order_stream_does_not_block_the_rest(
+    redis_raw: aioredis.Redis, mirror: StreamMirror
+) -> None:
+    """A per-order key that is not a stream: the global entries are written, the
+    failure is reported, and the batch is not retried forever."""
+    log = make_log(30, partitions=2, orders=5)
+    victim = log[0].order_id
+    await redis_raw.set(mirror.layout.order_stream(victim), "not a stream")
+    res = await mirror.mirror(log)
+    victims = sum(1 for r in log if r.order_id == victim)
+    assert res == MirrorResult(30, 0, victims)
+    assert len(await global_events(redis_raw, mirror)) == 30
+    assert await mirror.mirror(log) == MirrorResult(0, 30)
+
+
+async def test_order_entry_has_the_global_entry_id(
+    redis_raw: aioredis.Redis, mirror: StreamMirror
+) -> None:
+    log = make_log(50, partitions=2, orders=4)
+    await mirror.mirror(log)
+    global_ids: dict[str, bytes] = {}
+    for key in mirror.layout.shard_streams():
+        for entry_id, fields in await redis_raw.xrange(key):
+            global_ids[fields[b"event_id"].decode()] = entry_id
+    for order_id in {r.order_id for r in log}:
+        for entry_id, fields in await redis_raw.xrange(mirror.layout.order_stream(order_id)):
+            assert global_ids[fields[b"event_id"].decode()] == entry_id
 
 
 async def test_large_batch_is_split_into_calls(redis_raw: aioredis.Redis, key_prefix: str) -> None:

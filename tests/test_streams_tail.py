@@ -51,7 +51,7 @@ async def test_tail_replays_then_follows(redis_raw: aioredis.Redis, key_prefix: 
     keys = KeySpace(key_prefix)
     mirror = StreamMirror(redis_raw, keys, MirrorConfig(shards=2))
     await mirror.mirror([rec(0, 5), rec(1, 6), rec(2, 5)])
-    task = asyncio.create_task(collect(tail(redis_raw, keys, 5, from_id="0", count=4), 4))
+    task = asyncio.create_task(collect(tail(redis_raw, keys, 5, shards=2, from_id="0", count=4), 4))
     await asyncio.sleep(0.05)
     await mirror.mirror([rec(3, 6), rec(4, 5), rec(5, 5)])
     got = await asyncio.wait_for(task, 20)
@@ -63,7 +63,7 @@ async def test_tail_from_now_skips_history(redis_raw: aioredis.Redis, key_prefix
     keys = KeySpace(key_prefix)
     mirror = StreamMirror(redis_raw, keys, MirrorConfig(shards=1))
     await mirror.mirror([rec(0, 9), rec(1, 9)])
-    it = tail(redis_raw, keys, "9", count=2, block_ms=100)
+    it = tail(redis_raw, keys, "9", shards=1, count=2, block_ms=100)
     first = asyncio.create_task(anext(it))
     # Give tail the moment it needs to note where "now" is; a later mirror is news.
     await asyncio.sleep(0.3)

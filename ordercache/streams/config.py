@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Global shards unless configured otherwise.
+DEFAULT_SHARDS = 4
+
 #: Records per script call: keeps Lua's ``unpack`` far below its C-stack limit.
 MAX_RECORDS_PER_CALL = 500
 
@@ -27,18 +30,19 @@ class MirrorConfig:
     """Where tracking updates go and how long they stay.
 
     ``shards``: global streams ``tracking:{0..S-1}``; an order always maps to one
-    shard (``order_id % shards``), so per-order ordering holds in the global stream.
-    Changing it re-routes orders: drain the consumers first (docs/streams.md).
+    shard (``order_id % shards``), so per-order ordering holds in the global stream,
+    and its per-order stream lives in that shard's slot. Changing it re-routes
+    orders (new per-order keys, fresh dedupe state): see docs/streams.md.
     """
 
-    shards: int = 4
+    shards: int = DEFAULT_SHARDS
     #: Approximate cap of each global shard stream (``XTRIM MAXLEN ~``); 0 = no cap.
     global_maxlen: int = 100_000
     #: Age cap of the global shard streams in ms (``XTRIM MINID ~``); 0 = no age cap.
     global_max_age_ms: int = 24 * 3600 * 1000
     #: Approximate cap of each per-order stream (``XADD MAXLEN ~``).
     order_maxlen: int = 100
-    #: Idle time after which a per-order stream and its dedupe state expire, ms.
+    #: Idle time after which a per-order stream expires, ms.
     order_ttl_ms: int = 7 * 24 * 3600 * 1000
     #: Window in which a repeated event id (same event, another offset) is dropped, ms.
     dedupe_window_ms: int = 10 * 60 * 1000

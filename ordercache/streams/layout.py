@@ -1,14 +1,17 @@
 """Stream key layout: which keys exist and which Redis Cluster slot each lives in.
 
-Two slot families, each touched by its own script (a script may only touch one slot):
+A *shard* is the unit of placement. Everything of shard ``s`` shares the hash tag
+``{s}`` and so one slot, which lets one atomic script append a record to both of
+its streams and advance the dedupe state at once:
 
-* global shard ``s``: ``{p}:stream:tracking:{s}`` with ``…:offsets`` (per-partition
-  watermarks) and ``…:seen`` (recent event ids), plus ``…:dead`` for dead letters —
-  all share the hash tag ``{s}``;
-* order ``o``: ``{p}:stream:order:{o}`` with ``…:state`` (watermarks and recent event
-  ids of that order) — hash tag ``{o}``.
+* ``{p}:stream:tracking:{s}``            global stream of the shard (consumer groups)
+* ``{p}:stream:tracking:{s}:offsets``    hash ``topic:partition -> last offset``
+* ``{p}:stream:tracking:{s}:seen``       zset ``event_id -> ms`` (dedupe window)
+* ``{p}:stream:tracking:{s}:dead``       dead letters of the shard's groups
+* ``{p}:stream:tracking:{s}:order:{id}`` per-order stream (tailed live)
 
-Every name goes through :meth:`KeySpace.stream`, and ids through ``validate_id``.
+An order always maps to shard ``order_id % shards``. Every name goes through
+:meth:`KeySpace.stream`, and ids through ``validate_id``.
 """
 
 from __future__ import annotations
@@ -47,18 +50,10 @@ class StreamLayout:
         """Sorted set ``event_id -> first seen (ms)`` within the dedupe window."""
         return self.shard_stream(shard) + ":seen"
 
-    def order_stream(self, order_id: int) -> str:
-        """Per-order stream (tailed with XREAD BLOCK)."""
-        return order_stream_key(self.keys, order_id)
-
-    def order_state(self, order_id: int) -> str:
-        """Hash of the order stream's dedupe state (same slot as the order stream)."""
-        return self.order_stream(order_id) + ":state"
-
-
-def order_stream_key(keys: KeySpace, order_id: int | str) -> str:
-    """Per-order stream of ``order_id`` (validated: it becomes part of a key)."""
-    return keys.stream(f"order:{{{validate_id(order_id)}}}")
+    def order_stream(self, order_id: int | str) -> str:
+        """Per-order stream (tailed with XREAD BLOCK), in its shard's slot."""
+        oid = validate_id(order_id)
+        return f"{self.shard_stream(oid % self.shards)}:order:{oid}"
 
 
 def dead_letter_key(stream: str) -> str:

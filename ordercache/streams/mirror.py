@@ -1,11 +1,13 @@
 """Mirror tracking updates into Redis Streams, exactly once per event in effect.
 
-Each record goes to its order's stream (tailed live) and to one global shard stream
-(read by consumer groups). Both appends are Lua scripts that check and advance the
-dedupe state *in the same slot* and in the same atomic step as the XADD, so a Kafka
-redelivery (same partition, offset at or below the watermark) or a repeated event id
-(within the dedupe window) is dropped. Because a repeat is always harmless, a failed
-batch is simply mirrored again; one pipeline carries the whole batch.
+Each record goes to one global shard stream (read by consumer groups) and to its
+order's stream (tailed live). Both streams and the dedupe state of a shard share
+one Redis Cluster slot (see :mod:`~ordercache.streams.layout`), so one Lua script
+per shard and batch checks the dedupe state, appends to both streams and advances
+the state in a single atomic step. A Kafka redelivery (same partition, offset at or
+below the watermark) or a repeated event id (within the dedupe window) adds
+nothing; since a repeat is harmless, a failed batch is simply mirrored again.
+One pipeline carries the whole batch.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ from ordercache.streams.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
-#: Per-order state size (watermarks + event ids) at which expired ids are pruned.
-_ORDER_STATE_PRUNE_AT = 256
-
 
 @dataclass(frozen=True, slots=True)
 class MirrorResult:
-    """What one ``mirror()`` call did, counted on the global streams."""
+    """What one ``mirror()`` call did.
+
+    ``added`` / ``duplicates`` count records; ``order_failures`` counts records whose
+    per-order append failed (the key holds something that is not a stream) although
+    the global entry was written.
+    """
 
     added: int
     duplicates: int
+    order_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +70,18 @@ def check_partition_order(records: Sequence[TrackingRecord]) -> None:
         last[key] = rec.offset
 
 
-def record_args(record: TrackingRecord) -> list[str]:
-    """One record's script arguments: event id, source, offset, pair count, pairs."""
+def record_args(record: TrackingRecord, order_key_index: int) -> list[str | int]:
+    """A record's script arguments: event id, source, offset, index of its order
+    stream in KEYS, pair count, pairs."""
     fields = encode_fields(record)
-    return [record.event_id, record.source, str(record.offset), str(len(fields) // 2), *fields]
+    return [
+        record.event_id,
+        record.source,
+        record.offset,
+        order_key_index,
+        len(fields) // 2,
+        *fields,
+    ]
 
 
 class StreamMirror:
@@ -91,8 +104,7 @@ class StreamMirror:
         self.config = config or MirrorConfig()
         self.layout = StreamLayout(keys, self.config.shards)
         self.metrics = metrics
-        self._shard_script = _Script.load("mirror_shard.lua")
-        self._order_script = _Script.load("mirror_order.lua")
+        self._script = _Script.load("mirror.lua")
 
     async def mirror(self, records: Sequence[TrackingRecord]) -> MirrorResult:
         """Append ``records`` (one pipeline); duplicates of earlier appends are skipped.
@@ -115,67 +127,56 @@ class StreamMirror:
                 results = await self._run(calls)
         except RedisError as exc:
             raise StreamError(f"mirroring {len(records)} tracking records failed: {exc}") from exc
-        added = duplicates = 0
-        for is_shard, result in zip((c[0] for c in calls), results, strict=True):
-            if is_shard:
-                added += int(result[0])
-                duplicates += int(result[1])
+        added = duplicates = order_failures = 0
+        for res in results:
+            added += int(res[0])
+            duplicates += int(res[1])
+            if int(res[2]):
+                order_failures += int(res[2])
+                log.warning("per-order stream append failed: %s", _text(res[3]))
         if self.metrics is not None:
             if added:
                 self.metrics.mirrored.labels("added").inc(added)
             if duplicates:
                 self.metrics.mirrored.labels("duplicate").inc(duplicates)
-        return MirrorResult(added, duplicates)
+        return MirrorResult(added, duplicates, order_failures)
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, records: Sequence[TrackingRecord]) -> list[tuple[bool, list[Any]]]:
-        """Script calls for a batch: ``(is_shard, [sha, numkeys, *keys, *argv])``."""
+    def _plan(self, records: Sequence[TrackingRecord]) -> list[list[Any]]:
+        """One EVALSHA per shard (and chunk): ``[sha, numkeys, *keys, *argv]``."""
         cfg = self.config
-        by_shard: dict[int, list[list[str]]] = {}
-        by_order: dict[int, list[list[str]]] = {}
+        by_shard: dict[int, list[TrackingRecord]] = {}
         for rec in records:
-            args = record_args(rec)
-            by_shard.setdefault(rec.order_id % cfg.shards, []).append(args)
-            by_order.setdefault(rec.order_id, []).append(args)
-        calls: list[tuple[bool, list[Any]]] = []
-        shard_head = [
+            by_shard.setdefault(rec.order_id % cfg.shards, []).append(rec)
+        head = [
             cfg.global_maxlen,
             cfg.global_max_age_ms,
             cfg.dedupe_window_ms,
             cfg.watermark_ttl_ms,
-        ]
-        for shard, items in by_shard.items():
-            keys = [
-                self.layout.shard_stream(shard),
-                self.layout.shard_offsets(shard),
-                self.layout.shard_seen(shard),
-            ]
-            for chunk in _chunks(items):
-                calls.append((True, self._call(self._shard_script, keys, shard_head, chunk)))
-        order_head = [
             cfg.order_maxlen,
             cfg.order_ttl_ms,
-            cfg.dedupe_window_ms,
-            _ORDER_STATE_PRUNE_AT,
         ]
-        for order_id, items in by_order.items():
-            keys = [self.layout.order_stream(order_id), self.layout.order_state(order_id)]
-            for chunk in _chunks(items):
-                calls.append((False, self._call(self._order_script, keys, order_head, chunk)))
+        calls: list[list[Any]] = []
+        layout = self.layout
+        for shard, recs in by_shard.items():
+            for start in range(0, len(recs), MAX_RECORDS_PER_CALL):
+                keys = [layout.shard_stream(shard), layout.shard_offsets(shard)]
+                keys.append(layout.shard_seen(shard))
+                index: dict[int, int] = {}
+                argv: list[Any] = []
+                for rec in recs[start : start + MAX_RECORDS_PER_CALL]:
+                    pos = index.get(rec.order_id)
+                    if pos is None:
+                        keys.append(layout.order_stream(rec.order_id))
+                        pos = index[rec.order_id] = len(keys)  # Lua's KEYS is 1-based
+                    argv += record_args(rec, pos)
+                n = len(recs[start : start + MAX_RECORDS_PER_CALL])
+                calls.append([self._script.sha, len(keys), *keys, *head, n, *argv])
         return calls
 
-    @staticmethod
-    def _call(
-        script: _Script, keys: list[str], head: list[int], chunk: list[list[str]]
-    ) -> list[Any]:
-        argv: list[Any] = [script.sha, len(keys), *keys, *head, len(chunk)]
-        for args in chunk:
-            argv.extend(args)
-        return argv
-
-    async def _run(self, calls: list[tuple[bool, list[Any]]]) -> list[Any]:
+    async def _run(self, calls: list[list[Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
-        for _, argv in calls:
+        for argv in calls:
             pipe.execute_command("EVALSHA", *argv)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         for res in results:
@@ -189,11 +190,10 @@ class StreamMirror:
         return results
 
     async def _load_scripts(self) -> None:
-        for script in (self._shard_script, self._order_script):
-            sha = await self.redis.script_load(script.source)
-            if sha != script.sha:  # pragma: no cover - both are SHA1 of the same text
-                raise StreamError(f"script SHA mismatch: {sha!r} != {script.sha!r}")
+        sha = await self.redis.script_load(self._script.source)
+        if sha != self._script.sha:  # pragma: no cover - both are SHA1 of the same text
+            raise StreamError(f"script SHA mismatch: {sha!r} != {self._script.sha!r}")
 
 
-def _chunks(items: list[list[str]]) -> list[list[list[str]]]:
-    return [items[i : i + MAX_RECORDS_PER_CALL] for i in range(0, len(items), MAX_RECORDS_PER_CALL)]
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -12,9 +12,10 @@ from ordercache.app.errors import DecodeError
 from ordercache.app.keys import KeySpace
 from ordercache.app.redis_conn import AnyRedis
 from ordercache.streams._redis import safe_block_ms
+from ordercache.streams.config import DEFAULT_SHARDS
 from ordercache.streams.entry import StreamEntry, decode_text
 from ordercache.streams.errors import StreamError
-from ordercache.streams.layout import order_stream_key
+from ordercache.streams.layout import StreamLayout
 
 
 async def tail(
@@ -22,6 +23,7 @@ async def tail(
     keys: KeySpace,
     order_id: int | str,
     *,
+    shards: int = DEFAULT_SHARDS,
     from_id: str = "$",
     count: int | None = None,
     block_ms: int = 1000,
@@ -30,10 +32,11 @@ async def tail(
 
     ``from_id="$"`` starts after the newest entry present now, ``"0"`` replays what
     the stream still holds. ``count`` stops after that many entries (``None``:
-    follow forever). ``order_id`` is validated before it becomes a key.
+    follow forever). ``shards`` must match the mirror's (the order's stream lives in
+    its shard's slot). ``order_id`` is validated before it becomes a key.
     Raises :class:`StreamError` when Redis is unreachable.
     """
-    key = order_stream_key(keys, order_id)
+    key = StreamLayout(keys, shards).order_stream(order_id)
     block = safe_block_ms(redis, block_ms)
     try:
         cursor = await _resolve_start(redis, key, from_id)
