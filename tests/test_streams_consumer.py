@@ -222,7 +222,7 @@ async def test_poison_entry_goes_to_dead_letters(redis_raw: aioredis.Redis, stre
     assert fields["dl_group"] == "g"
     assert fields["dl_stream"] == stream
     assert "boom" in fields["dl_reason"]
-    labels = {"stream": stream, "group": "g"}
+    labels = {"stream": "tracking:{0}", "group": "g"}  # the key without its prefix
     assert registry.get_sample_value("ordercache_stream_dead_letters_total", labels) == 1
     claims = registry.get_sample_value("ordercache_stream_claims_total", labels)
     assert claims is not None

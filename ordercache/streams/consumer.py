@@ -114,8 +114,8 @@ class StreamConsumer:
         self.handler = handler
         self.config = config or ConsumerConfig()
         self.metrics = metrics
-        #: Metric label of the stream (bounded: shard streams only).
-        self.label = label or stream
+        #: Metric label of the stream: its name without the deployment prefix.
+        self.label = label or stream.split(":stream:", 1)[-1]
         #: Same hash tag as the stream, so dead-lettering is one MULTI in one slot.
         self.dead_letter_stream = dead_letter_stream or dead_letter_key(stream)
         self.stats = ConsumerStats()
