@@ -13,6 +13,7 @@ from ordercache.app.errors import DecodeError, InvalidIdError
 from ordercache.app.keys import KeySpace
 from ordercache.streams._redis import Backoff, safe_block_ms
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
+from ordercache.streams.deadletter import dead_letter_fields
 from ordercache.streams.entry import (
     ENTRY_SCHEMA_VERSION,
     StreamEntry,
@@ -322,3 +323,15 @@ def test_format_entry() -> None:
     raw = format_entry(StreamEntry("5-2", {"v": "9", "x": "y"}))
     assert "undecodable" in raw
     assert "x=y" in raw
+
+
+def test_dead_letter_fields_keep_the_original() -> None:
+    raw = {b"v": b"1", b"event_id": b"e1", b"\xff": b"\x00\xfe"}
+    fields = dead_letter_fields(
+        raw, reason="r", entry_id="9-0", deliveries=6, group="g", stream="s", consumer="c"
+    )
+    assert {k: fields[k] for k in raw} == raw  # bytes kept as they were
+    assert fields["dl_reason"] == "r"
+    assert fields["dl_id"] == "9-0"
+    assert fields["dl_deliveries"] == "6"
+    assert (fields["dl_group"], fields["dl_stream"], fields["dl_consumer"]) == ("g", "s", "c")

@@ -42,8 +42,9 @@ class MirrorConfig:
     global_max_age_ms: int = 24 * 3600 * 1000
     #: Approximate cap of each per-order stream (``XADD MAXLEN ~``).
     order_maxlen: int = 100
-    #: Idle time after which a per-order stream expires, ms.
-    order_ttl_ms: int = 7 * 24 * 3600 * 1000
+    #: Idle time after which a per-order stream expires, ms. The main memory knob:
+    #: a short per-order stream costs ~5 KB (docs/streams.md, "Sizing").
+    order_ttl_ms: int = 3 * 24 * 3600 * 1000
     #: Window in which a repeated event id (same event, another offset) is dropped, ms.
     dedupe_window_ms: int = 10 * 60 * 1000
     #: Idle time after which a shard's per-partition offset watermarks expire, ms.

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
 
 from ordercache.app.errors import OrderCacheError
 from ordercache.app.redis_conn import AnyRedis
 from ordercache.streams._redis import TRANSIENT_ERRORS, Backoff, is_nogroup, safe_block_ms
 from ordercache.streams.config import ConsumerConfig
+from ordercache.streams.deadletter import dead_letter_fields, move_to_dead_letters
 from ordercache.streams.entry import StreamEntry, decode_text
 from ordercache.streams.layout import dead_letter_key
-from ordercache.streams.metrics import StreamMetrics
+from ordercache.streams.metrics import StreamMetrics, refresh_group_gauges
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class ConsumerStats:
     claimed: int = 0
     groups_created: int = 0
     redis_errors: int = 0
+    loop_errors: int = 0
 
 
 @dataclass
@@ -173,6 +174,8 @@ class StreamConsumer:
                 if now >= self._t.next_metrics:
                     await self.refresh_metrics()
                     self._t.next_metrics = loop.time() + cfg.metrics_interval_s
+                if self.stopping:
+                    break  # read nothing new once asked to stop
                 await self._process(await self._read(">", block=True), fresh=True)
                 backoff.reset()
             except ResponseError as exc:
@@ -199,7 +202,7 @@ class StreamConsumer:
                 need_pending = True
                 await backoff.sleep(self._stopping)
             except Exception:  # the worker loop must outlive any bug: log it, go on
-                self.stats.redis_errors += 1
+                self.stats.loop_errors += 1
                 log.exception("stream %s: unexpected error in the consumer loop", self.label)
                 need_pending = True
                 await backoff.sleep(self._stopping)
@@ -309,8 +312,10 @@ class StreamConsumer:
             return
         except Exception as exc:  # noqa: BLE001 - a failing entry must not stop the stream
             self.stats.failed += 1
-            if len(self._t.errors) < _MAX_REMEMBERED_ERRORS:
-                self._t.errors[entry_id] = f"{type(exc).__name__}: {exc}"[:500]
+            errors = self._t.errors
+            if len(errors) >= _MAX_REMEMBERED_ERRORS:  # forget the oldest (claimed away?)
+                errors.pop(next(iter(errors)))
+            errors[entry_id] = f"{type(exc).__name__}: {exc}"[:500]
             log.warning(
                 "stream %s: handler failed on %s (delivery %d): %s",
                 self.label,
@@ -345,26 +350,24 @@ class StreamConsumer:
             reason = f"delivered {msg.deliveries} times (max {self.config.max_deliveries})"
             if last_error:
                 reason += f"; last error: {last_error}"
-        fields: dict[FieldT, EncodableT] = dict(msg.raw.items())
-        fields.update(
-            {
-                "dl_reason": reason,
-                "dl_id": msg.id,
-                "dl_deliveries": str(msg.deliveries),
-                "dl_group": self.group,
-                "dl_stream": self.stream,
-                "dl_consumer": self.name,
-            }
+        fields = dead_letter_fields(
+            msg.raw,
+            reason=reason,
+            entry_id=msg.id,
+            deliveries=msg.deliveries,
+            group=self.group,
+            stream=self.stream,
+            consumer=self.name,
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(
-            self.dead_letter_stream,
-            fields,
+        await move_to_dead_letters(
+            self.redis,
+            stream=self.stream,
+            group=self.group,
+            entry_id=msg.id,
+            dead_letter_stream=self.dead_letter_stream,
+            fields=fields,
             maxlen=self.config.dead_letter_maxlen,
-            approximate=True,
         )
-        pipe.xack(self.stream, self.group, msg.id)
-        await pipe.execute()
         self.stats.dead_lettered += 1
         if self.metrics is not None:
             self.metrics.dead_letters.labels(self.label, self.group).inc()
@@ -381,22 +384,6 @@ class StreamConsumer:
         """Update the length, lag, pending and oldest-idle gauges (one round trip)."""
         if self.metrics is None:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(self.stream)
-        pipe.xinfo_groups(self.stream)
-        pipe.xpending_range(self.stream, self.group, "-", "+", 100)
-        length, groups, pending_rows = await pipe.execute(raise_on_error=False)
-        m, labels = self.metrics, (self.label, self.group)
-        if isinstance(length, int):
-            m.length.labels(self.label).set(length)
-        if isinstance(groups, list):
-            for info in groups:
-                name = info.get("name")
-                if name in (self.group, self.group.encode()):
-                    m.pending.labels(*labels).set(int(info.get("pending") or 0))
-                    lag = info.get("lag")
-                    if lag is not None:
-                        m.group_lag.labels(*labels).set(int(lag))
-        if isinstance(pending_rows, list):
-            idle_ms = max((int(r["time_since_delivered"]) for r in pending_rows), default=0)
-            m.oldest_pending_idle.labels(*labels).set(idle_ms / 1000.0)
+        await refresh_group_gauges(
+            self.redis, self.metrics, stream=self.stream, label=self.label, group=self.group
+        )

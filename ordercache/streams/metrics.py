@@ -7,8 +7,11 @@ per-order stream), ``group`` a consumer-group name, ``result`` added|duplicate.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ordercache.app.redis_conn import AnyRedis
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, StreamMetrics] = (
     weakref.WeakKeyDictionary()
@@ -70,3 +73,32 @@ class StreamMetrics:
             found = cls(registry)
             _BY_REGISTRY[registry] = found
         return found
+
+
+async def refresh_group_gauges(
+    redis: AnyRedis, metrics: StreamMetrics, *, stream: str, label: str, group: str
+) -> None:
+    """Set length, lag, pending and oldest-idle gauges of one group (one round trip).
+
+    A missing stream or group leaves the gauges as they were (the consumer loop
+    re-creates the group and the next refresh catches up).
+    """
+    pipe = redis.pipeline(transaction=False)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    pipe.xpending_range(stream, group, "-", "+", 100)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    length, groups, pending_rows = replies
+    labels = (label, group)
+    if isinstance(length, int):
+        metrics.length.labels(label).set(length)
+    if isinstance(groups, list):
+        for info in groups:
+            if info.get("name") in (group, group.encode()):
+                metrics.pending.labels(*labels).set(int(info.get("pending") or 0))
+                lag = info.get("lag")
+                if lag is not None:  # Redis cannot always tell (e.g. after deletions)
+                    metrics.group_lag.labels(*labels).set(int(lag))
+    if isinstance(pending_rows, list):
+        idle_ms = max((int(r["time_since_delivered"]) for r in pending_rows), default=0)
+        metrics.oldest_pending_idle.labels(*labels).set(idle_ms / 1000.0)
