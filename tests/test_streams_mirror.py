@@ -263,13 +263,16 @@ async def test_order_entry_has_the_global_entry_id(
             assert global_ids[fields[b"event_id"].decode()] == entry_id
 
 
-async def test_large_batch_is_split_into_calls(redis_raw: aioredis.Redis, key_prefix: str) -> None:
+async def test_large_batch_in_one_shard(redis_raw: aioredis.Redis, key_prefix: str) -> None:
+    """One script call per shard, whatever the batch size (Lua slices its long lists)."""
     mirror = StreamMirror(redis_raw, KeySpace(key_prefix), MirrorConfig(shards=1))
-    log = make_log(1300, partitions=1, orders=1)
-    assert await mirror.mirror(log) == MirrorResult(1300, 0)
+    log = make_log(2600, partitions=1, orders=1)
+    assert await mirror.mirror(log) == MirrorResult(2600, 0)
     assert await stream_events(redis_raw, mirror.layout.shard_stream(0)) == [
         r.event_id for r in log
     ]
+    assert await mirror.mirror(log) == MirrorResult(0, 2600)
+    assert await redis_raw.zcard(mirror.layout.shard_seen(0)) == 2600
 
 
 async def test_mirrored_metric(redis_raw: aioredis.Redis, key_prefix: str) -> None:

@@ -11,9 +11,6 @@ from dataclasses import dataclass
 #: Global shards unless configured otherwise.
 DEFAULT_SHARDS = 4
 
-#: Records per script call: keeps Lua's ``unpack`` far below its C-stack limit.
-MAX_RECORDS_PER_CALL = 500
-
 
 def _positive(name: str, value: float) -> None:
     if value <= 0:
@@ -49,6 +46,9 @@ class MirrorConfig:
     dedupe_window_ms: int = 10 * 60 * 1000
     #: Idle time after which a shard's per-partition offset watermarks expire, ms.
     watermark_ttl_ms: int = 7 * 24 * 3600 * 1000
+    #: Pipelines one batch is spread over, sent concurrently (shards are independent),
+    #: so the client packs one while Redis runs another; 1 = a single pipeline.
+    pipelines: int = 4
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 1024:
@@ -61,6 +61,7 @@ class MirrorConfig:
         _positive("order_ttl_ms", self.order_ttl_ms)
         _non_negative("dedupe_window_ms", self.dedupe_window_ms)
         _positive("watermark_ttl_ms", self.watermark_ttl_ms)
+        _positive("pipelines", self.pipelines)
 
 
 @dataclass(frozen=True, slots=True)

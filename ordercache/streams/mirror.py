@@ -7,11 +7,12 @@ per shard and batch checks the dedupe state, appends to both streams and advance
 the state in a single atomic step. A Kafka redelivery (same partition, offset at or
 below the watermark) or a repeated event id (within the dedupe window) adds
 nothing; since a repeat is harmless, a failed batch is simply mirrored again.
-One pipeline carries the whole batch.
+A batch costs one round trip: its shard calls travel in a few concurrent pipelines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ordercache.app.keys import KeySpace
 from ordercache.app.redis_conn import AnyRedis
-from ordercache.streams.config import MAX_RECORDS_PER_CALL, MirrorConfig
+from ordercache.streams.config import MirrorConfig
 from ordercache.streams.entry import TrackingRecord, encode_fields
 from ordercache.streams.errors import MirrorOrderError, StreamError
 from ordercache.streams.layout import StreamLayout
@@ -105,6 +106,8 @@ class StreamMirror:
         self.layout = StreamLayout(keys, self.config.shards)
         self.metrics = metrics
         self._script = _Script.load("mirror.lua")
+        #: Pipelines in flight per batch (never more than there are shards).
+        self._lanes = min(self.config.shards, self.config.pipelines)
 
     async def mirror(self, records: Sequence[TrackingRecord]) -> MirrorResult:
         """Append ``records`` (one pipeline); duplicates of earlier appends are skipped.
@@ -142,8 +145,13 @@ class StreamMirror:
         return MirrorResult(added, duplicates, order_failures)
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, records: Sequence[TrackingRecord]) -> list[list[Any]]:
-        """One EVALSHA per shard (and chunk): ``[sha, numkeys, *keys, *argv]``."""
+    def _plan(self, records: Sequence[TrackingRecord]) -> list[list[list[Any]]]:
+        """Per pipeline, its EVALSHA calls ``[sha, numkeys, *keys, *argv]``.
+
+        Exactly one call per shard: were a shard's batch split into several calls,
+        a later one could succeed after an earlier one failed and advance the
+        watermark past offsets that were never appended.
+        """
         cfg = self.config
         by_shard: dict[int, list[TrackingRecord]] = {}
         for rec in records:
@@ -156,25 +164,40 @@ class StreamMirror:
             cfg.order_maxlen,
             cfg.order_ttl_ms,
         ]
-        calls: list[list[Any]] = []
+        lanes: list[list[list[Any]]] = [[] for _ in range(self._lanes)]
         layout = self.layout
         for shard, recs in by_shard.items():
-            for start in range(0, len(recs), MAX_RECORDS_PER_CALL):
-                keys = [layout.shard_stream(shard), layout.shard_offsets(shard)]
-                keys.append(layout.shard_seen(shard))
-                index: dict[int, int] = {}
-                argv: list[Any] = []
-                for rec in recs[start : start + MAX_RECORDS_PER_CALL]:
-                    pos = index.get(rec.order_id)
-                    if pos is None:
-                        keys.append(layout.order_stream(rec.order_id))
-                        pos = index[rec.order_id] = len(keys)  # Lua's KEYS is 1-based
-                    argv += record_args(rec, pos)
-                n = len(recs[start : start + MAX_RECORDS_PER_CALL])
-                calls.append([self._script.sha, len(keys), *keys, *head, n, *argv])
-        return calls
+            keys = [layout.shard_stream(shard), layout.shard_offsets(shard)]
+            keys.append(layout.shard_seen(shard))
+            index: dict[int, int] = {}
+            argv: list[Any] = []
+            for rec in recs:
+                pos = index.get(rec.order_id)
+                if pos is None:
+                    keys.append(layout.order_stream(rec.order_id))
+                    pos = index[rec.order_id] = len(keys)  # Lua's KEYS is 1-based
+                argv += record_args(rec, pos)
+            call = [self._script.sha, len(keys), *keys, *head, len(recs), *argv]
+            lanes[shard % self._lanes].append(call)
+        return [lane for lane in lanes if lane]
 
-    async def _run(self, calls: list[list[Any]]) -> list[Any]:
+    async def _run(self, lanes: list[list[list[Any]]]) -> list[Any]:
+        """Run the pipelines concurrently, so packing one overlaps executing another."""
+        replies = await asyncio.gather(
+            *(self._run_pipeline(lane) for lane in lanes), return_exceptions=True
+        )
+        failures = [r for r in replies if isinstance(r, BaseException)]
+        for failure in failures:
+            if isinstance(failure, NoScriptError):
+                raise failure
+        if failures:
+            raise failures[0]
+        results: list[Any] = []
+        for reply in replies:
+            results.extend(reply)  # type: ignore[arg-type]
+        return results
+
+    async def _run_pipeline(self, calls: list[list[Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for argv in calls:
             pipe.execute_command("EVALSHA", *argv)

@@ -21,6 +21,24 @@ local order_maxlen = ARGV[5]
 local order_ttl = ARGV[6]
 local n = tonumber(ARGV[7])
 
+-- Lua's unpack() is limited by the C stack: long argument lists go in slices.
+local STEP = 1000
+local function sliced(cmd, key, list)
+  for i = 1, #list, STEP do
+    redis.call(cmd, key, unpack(list, i, math.min(i + STEP - 1, #list)))
+  end
+end
+local function sliced_reply(cmd, key, list)
+  local out = {}
+  for i = 1, #list, STEP do
+    local part = redis.call(cmd, key, unpack(list, i, math.min(i + STEP - 1, #list)))
+    for j = 1, #part do
+      out[i + j - 1] = part[j]
+    end
+  end
+  return out
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Numbers leave the script via string.format: never in exponent notation.
@@ -43,7 +61,7 @@ for i = 1, n do
 end
 
 -- Watermarks: a Kafka redelivery repeats offsets at or below them.
-local marks = redis.call('HMGET', offsets, unpack(pk_list))
+local marks = sliced_reply('HMGET', offsets, pk_list)
 local hw, hw_s = {}, {}
 for i, pk in ipairs(pk_list) do
   hw[pk] = tonumber(marks[i]) or -1
@@ -53,7 +71,7 @@ end
 local scores = {}
 if window > 0 then
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%d', now - window))
-  scores = redis.call('ZMSCORE', seen, unpack(eids))
+  scores = sliced_reply('ZMSCORE', seen, eids)
 end
 
 local added, dups, order_failed, err, order_err = 0, 0, 0, nil, nil
@@ -103,11 +121,11 @@ for pk, s in pairs(hw_s) do
   hargs[#hargs + 1] = s
 end
 if #hargs > 0 then
-  redis.call('HSET', offsets, unpack(hargs))
+  sliced('HSET', offsets, hargs)
   redis.call('PEXPIRE', offsets, wm_ttl)
 end
 if #zargs > 0 then
-  redis.call('ZADD', seen, unpack(zargs))
+  sliced('ZADD', seen, zargs)
   redis.call('PEXPIRE', seen, window)
 end
 for okey, _ in pairs(touched) do
