@@ -110,7 +110,7 @@ class StreamMirror:
         self._lanes = min(self.config.shards, self.config.pipelines)
 
     async def mirror(self, records: Sequence[TrackingRecord]) -> MirrorResult:
-        """Append ``records`` (one pipeline); duplicates of earlier appends are skipped.
+        """Append ``records`` in one round trip; duplicates of earlier appends are skipped.
 
         Raises :class:`StreamError` (retriable) when Redis fails; mirroring the same
         batch again is then safe. Raises :class:`MirrorOrderError` for a batch whose
@@ -128,7 +128,7 @@ class StreamMirror:
                 # run the batch again, which the dedupe state makes harmless.
                 await self._load_scripts()
                 results = await self._run(calls)
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             raise StreamError(f"mirroring {len(records)} tracking records failed: {exc}") from exc
         added = duplicates = order_failures = 0
         for res in results:
