@@ -43,3 +43,16 @@ def register(app: faust.App, ctx: AppContext) -> None:
         finally:
             await ctx.aclose()
         self.say(report.summary())
+
+    @app.command(
+        option("--revision", default="head", help="Target revision (default: head)."),
+    )
+    async def migrate(self: Any, revision: str) -> None:
+        """Upgrade the database schema with Alembic (adopts a create_all schema)."""
+        from ordercache.app.migrate import upgrade_engine
+
+        try:
+            result = await upgrade_engine(ctx.engine, revision)
+        finally:
+            await ctx.aclose()
+        self.say(result.summary())
