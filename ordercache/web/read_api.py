@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
@@ -34,8 +34,10 @@ from ordercache.app.cache.service import CacheService
 from ordercache.app.errors import InvalidIdError, OrderCacheError
 from ordercache.app.keys import View, validate_id
 from ordercache.models.views import HISTORY_CACHED_ORDERS, CustomerOrderHistory
-from ordercache.web.loaders import DbLoaders
 from ordercache.web.metrics import WebMetrics
+
+if TYPE_CHECKING:
+    from ordercache.web.loaders import DbLoaders
 
 log = logging.getLogger(__name__)
 
