@@ -317,3 +317,71 @@ def test_parse_page_rejects(query: dict[str, str], name: str) -> None:
 )
 def test_page_within_cached_window(page: Page, within: bool) -> None:
     assert page.within(100) is within
+
+
+# --------------------------------------------------------------------------- stats page (no I/O)
+def test_stats_reporter_renders_window_pipeline_streams_and_verdict() -> None:
+    from prometheus_client import Gauge
+
+    from ordercache.agents.metrics import PipelineMetrics
+    from ordercache.app.cache.breaker import CircuitBreaker
+    from ordercache.app.cache.metrics import CacheMetrics
+    from ordercache.app.redis_conn import create_redis
+    from ordercache.app.redis_health import RedisInfo, RedisMonitor
+    from ordercache.web.metrics import WebMetrics
+    from ordercache.web.stats import StatsReporter
+    from tests.conftest import make_settings
+
+    reg = CollectorRegistry()
+    cm, wm, pm = CacheMetrics.create(reg), WebMetrics.create(reg), PipelineMetrics.create(reg)
+    lag = Gauge("ordercache_stream_group_lag", "x", ["stream", "group"], registry=reg)
+    handle = create_redis(make_settings(redis_url="redis://127.0.0.1:1/0", redis_max_connections=8))
+    monitor = RedisMonitor(handle.client)
+    monitor.up = True
+    monitor.info = RedisInfo(used_memory=95, maxmemory=100, connected_clients=2)
+    now = [1000.0]
+    reporter = StatsReporter(
+        reg,
+        redis=handle,
+        monitor=monitor,
+        breaker=CircuitBreaker(),
+        extras={"pipeline": type("P", (), {"assigned": {1, 2, 3}})()},
+        thresholds=StatsThresholds(min_requests=10),
+        clock=lambda: now[0],
+    )
+    cm.requests.labels("order", "hit").inc(100)  # before the window: not counted
+    pm.events.labels("orders.changes", "applied").inc(7)
+    reporter.sample()
+
+    now[0] += 42
+    cm.requests.labels("order", "hit").inc(3)
+    cm.requests.labels("order", "miss").inc(9)
+    for _ in range(12):
+        wm.read_seconds.labels("order", "miss").observe(0.2)
+    pm.events.labels("orders.changes", "applied").inc(5)
+    pm.dlq.labels("orders.changes", "bad_json").inc(2)
+    pm.consumer_lag.labels("orders.changes").set(17)
+    lag.labels("tracking:0", "notify").set(4)
+
+    page = reporter.render()
+    assert page["window"] == {"seconds": 42.0, "span_seconds": 300.0}
+    order = page["views"]["order"]
+    assert order["requests"] == 12
+    assert order["hit_ratio"] == 0.25
+    # 12 observations in the (0.1, 0.25] bucket: rank 11.88 of 12
+    assert order["latency_ms"]["p99"] == pytest.approx(100 + 150 * 11.88 / 12)
+    assert page["pipeline"]["events_applied"] == 12
+    assert page["pipeline"]["events_applied_window"] == 5
+    assert page["pipeline"]["dlq_messages"] == 2
+    assert page["pipeline"]["consumer_lag"] == {"orders.changes": 17}
+    assert page["pipeline"]["assigned_partitions"] == 3
+    assert page["streams"]["group_lag"] == {"tracking:0/notify": 4}
+    assert page["redis"]["memory_ratio"] == 0.95
+    assert page["redis"]["pool"] == {"in_use": 0, "idle": 0, "max": 8}
+    assert page["cache"] == {"breaker": "closed"}
+    assert page["status"] == "degraded"
+    assert [r.split(" ")[0] for r in page["reasons"]] == ["redis", "order:", "order:"]
+
+    monitor.up = False
+    monitor.info = RedisInfo()
+    assert reporter.render()["reasons"][0].startswith("redis down")

@@ -226,14 +226,14 @@ class StatsReporter:
         hook = self.extras.get("stream_stats")
         if callable(hook):
             return dict(hook())
-        found = {
-            "length": by_label(gauges, "ordercache_stream_length", "stream"),
-            "group_lag": by_label(gauges, "ordercache_stream_group_lag", "stream"),
-            "pending": by_label(gauges, "ordercache_stream_pending", "stream"),
-        }
-        if not any(found.values()):
-            return None
-        return {k: {s: int(n) for s, n in v.items()} for k, v in found.items()}
+        found: dict[str, dict[str, int]] = {"length": {}, "group_lag": {}, "pending": {}}
+        for (name, labels), value in gauges.items():
+            section = name.removeprefix("ordercache_stream_")
+            if section in found:
+                have = dict(labels)
+                key = "/".join(have[k] for k in ("stream", "group") if k in have)
+                found[section][key] = int(value)
+        return found if any(found.values()) else None
 
 
 def register(app: faust.App, reporter: StatsReporter) -> None:
