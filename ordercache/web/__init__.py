@@ -2,6 +2,16 @@
 
 :func:`register` is called by :func:`ordercache.app.faust_app.create_app`; it wires
 the views to the context and starts the background monitor with the app.
+
+Routes: ``/orders/{id}``, ``/customers/{id}/orders``, ``/products/{id}/inventory``
+(:mod:`.read_api`), ``/health/live``, ``/health/ready`` (:mod:`.health`),
+``/metrics`` (:mod:`.metrics`), ``/stats`` (:mod:`.stats`).
+
+Optional knobs, read from ``ctx.extras`` when present at registration:
+``"stats_thresholds"`` (:class:`~ordercache.web.stats.StatsThresholds`) and
+``"web_monitor_config"`` (:class:`~ordercache.web.monitor.MonitorConfig`). Read at
+request time: ``"pipeline"`` (the broker check, pipeline figures), ``"dlq_table"``
+and ``"stream_stats"`` (``/stats``).
 """
 
 from __future__ import annotations

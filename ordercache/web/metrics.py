@@ -142,7 +142,7 @@ def install_faust_sensors(app: faust.App, registry: CollectorRegistry) -> FaustM
 def register(app: faust.App, registry: CollectorRegistry) -> None:
     """Serve ``GET /metrics``."""
 
-    @app.page("/metrics", name="metrics")
+    @app.page("/metrics", name="ordercache_metrics")
     async def metrics(self: web.View, request: web.Request) -> web.Response:
         """Prometheus text exposition of the worker's registry."""
         return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -198,13 +198,13 @@ def register(app: faust.App, api: ReadApi, metrics: WebMetrics) -> None:
             observe[(name, reply.cache)](time.perf_counter() - started)
         return view.bytes(reply.body, content_type=JSON, status=reply.status, headers=headers)
 
-    @app.page("/orders/{order_id}", name="order")
+    @app.page("/orders/{order_id}", name="ordercache_order")
     async def order(self: web.View, request: web.Request, order_id: str) -> web.Response:
         """Order details (order, items, latest tracking status)."""
         t0 = time.perf_counter()
         return respond(self, "order", await api.order(order_id), t0)
 
-    @app.page("/customers/{customer_id}/orders", name="customer_orders")
+    @app.page("/customers/{customer_id}/orders", name="ordercache_customer_orders")
     async def customer_orders(
         self: web.View, request: web.Request, customer_id: str
     ) -> web.Response:
@@ -213,7 +213,7 @@ def register(app: faust.App, api: ReadApi, metrics: WebMetrics) -> None:
         query = request.query
         return respond(self, "history", await api.history(customer_id, query), t0)
 
-    @app.page("/products/{product_id}/inventory", name="product_inventory")
+    @app.page("/products/{product_id}/inventory", name="ordercache_product_inventory")
     async def product_inventory(
         self: web.View, request: web.Request, product_id: str
     ) -> web.Response:

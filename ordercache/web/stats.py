@@ -3,9 +3,12 @@
 Per view over the recent window (default 5 min, from snapshots every 10 s): requests,
 hit ratio, read latency p50/p99 (interpolated from histogram buckets), Redis GET
 and database load latency. Then Redis memory, the circuit breaker, pipeline counts
-(events applied, dead letters, consumer lag), stream figures when the streams
-subsystem exports them, and a status: "degraded" with the reasons when a threshold
-of :class:`StatsThresholds` is crossed. Everything comes from in-memory metrics:
+(events applied, dead letters, consumer lag, DLQ counts per reason from the
+changelog-backed table when ``ctx.extras["dlq_table"]`` is set), stream figures
+(``ctx.extras["stream_stats"]``, a callable returning a mapping, when registered;
+else the ``ordercache_stream_*`` gauges when the streams subsystem exports them),
+and a status: "degraded" with the reasons when a threshold of
+:class:`StatsThresholds` is crossed. Everything comes from in-memory metrics:
 serving this page does no network I/O and shows no configuration secrets.
 """
 
