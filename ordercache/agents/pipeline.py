@@ -150,7 +150,13 @@ class ChangePipeline(mode.Service):
                 log.warning("fetch failed, retrying: %s", exc)
                 await self.sleep(0.5)
                 continue
-            self.assigned = set(consumer.assignment())
+            assigned = set(consumer.assignment())
+            if assigned != self.assigned:
+                self.assigned = assigned
+                log.info(
+                    "pipeline assigned partitions: %s",
+                    ",".join(sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)) or "-",
+                )
             if not batches:
                 continue
             records = [r for recs in batches.values() for r in recs]

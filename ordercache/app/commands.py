@@ -45,6 +45,42 @@ def register(app: faust.App, ctx: AppContext) -> None:
         self.say(report.summary())
 
     @app.command(
+        option("--rate", type=float, default=100.0, help="Events per second (0: no limit)."),
+        option("--duration", type=float, default=None, help="Seconds to run (default: forever)."),
+        option("--events", type=int, default=None, help="Stop after this many events."),
+        option("--form", default="envelope", help="Event form: envelope or outbox."),
+        option("--seed", "rng_seed", type=int, default=None, help="Random seed."),
+    )
+    async def simulate(
+        self: Any,
+        rate: float,
+        duration: float | None,
+        events: int | None,
+        form: str,
+        rng_seed: int | None,
+    ) -> None:
+        """Drive order lifecycles against the database and emit their change events."""
+        from ordercache.app.simulate import run_simulation
+
+        if form not in ("envelope", "outbox"):
+            raise SystemExit("ordercache simulate: --form must be envelope or outbox")
+        # The broker the app was configured with (settings or the local fallback).
+        bootstrap = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
+        try:
+            stats = await run_simulation(
+                ctx,
+                bootstrap,
+                rate=rate,
+                duration=duration,
+                events=events,
+                form="outbox" if form == "outbox" else "envelope",
+                seed=rng_seed,
+            )
+        finally:
+            await ctx.aclose()
+        self.say(stats.summary())
+
+    @app.command(
         option("--revision", default="head", help="Target revision (default: head)."),
     )
     async def migrate(self: Any, revision: str) -> None:

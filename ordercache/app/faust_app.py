@@ -33,9 +33,11 @@ def create_app(
     broker_url: str | None = None,
 ) -> faust.App:
     """A configured Faust app with the ordercache agents, tables, views and commands."""
+    broker = broker_url or settings.faust_broker
+    ctx.extras["kafka_bootstrap"] = broker.removeprefix("kafka://").split(";")
     app = faust.App(
         settings.app_id,
-        broker=broker_url or settings.faust_broker,
+        broker=broker,
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_host=settings.web_host,

@@ -87,3 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         for p in reversed(procs):
             p.cleanup()
+
+
+if __name__ == "__main__":
+    main()

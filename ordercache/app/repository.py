@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, true
+from sqlalchemy import Integer, Row, bindparam, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -74,39 +74,39 @@ _latest_id = (
 )
 
 
-def _order_details_stmt(ids: Sequence[int]) -> Any:
-    # One row per item (or one row for an order without items), the order's and the
-    # latest tracking event's columns repeated: five or so narrow rows beat a second
-    # round trip.
-    return (
-        select(
-            Order.id,
-            Order.customer_id,
-            Order.status,
-            Order.total_cents,
-            Order.currency,
-            Order.created_at,
-            Order.updated_at,
-            Order.version,
-            OrderItem.product_id,
-            Product.sku,
-            OrderItem.quantity,
-            OrderItem.unit_price_cents,
-            _latest.status.label("t_status"),
-            _latest.location.label("t_location"),
-            _latest.carrier.label("t_carrier"),
-            _latest.occurred_at.label("t_occurred_at"),
-        )
-        .select_from(Order)
-        .outerjoin(_latest, _latest.id == _latest_id)
-        .outerjoin(OrderItem, OrderItem.order_id == Order.id)
-        .outerjoin(Product, Product.id == OrderItem.product_id)
-        .where(Order.id.in_(ids))
-        .order_by(Order.id, OrderItem.id)
+#: One row per item (or one row for an order without items), the order's and the
+#: latest tracking event's columns repeated: five or so narrow rows beat a second
+#: round trip. Built once: bound parameters keep SQLAlchemy's compiled-statement
+#: cache and the server's prepared-statement cache hot.
+_ORDER_DETAILS = (
+    select(
+        Order.id,
+        Order.customer_id,
+        Order.status,
+        Order.total_cents,
+        Order.currency,
+        Order.created_at,
+        Order.updated_at,
+        Order.version,
+        OrderItem.product_id,
+        Product.sku,
+        OrderItem.quantity,
+        OrderItem.unit_price_cents,
+        _latest.status.label("t_status"),
+        _latest.location.label("t_location"),
+        _latest.carrier.label("t_carrier"),
+        _latest.occurred_at.label("t_occurred_at"),
     )
+    .select_from(Order)
+    .outerjoin(_latest, _latest.id == _latest_id)
+    .outerjoin(OrderItem, OrderItem.order_id == Order.id)
+    .outerjoin(Product, Product.id == OrderItem.product_id)
+    .where(Order.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Order.id, OrderItem.id)
+)
 
 
-def _order_details_from_rows(rows: Sequence[Row[Any]]) -> OrderDetails:
+def _order_details_from_rows(rows: Sequence[Row[*tuple[Any, ...]]]) -> OrderDetails:
     first = rows[0]
     items = [
         OrderItemView(
@@ -149,7 +149,7 @@ async def load_order_details_many(
     """
     out: dict[int, OrderDetails] = {}
     for chunk in _chunks(order_ids):
-        rows = (await session.execute(_order_details_stmt(chunk))).all()
+        rows = (await session.execute(_ORDER_DETAILS, {"ids": chunk})).all()
         start = 0
         # Rows are sorted by order id: cut them into one run per order.
         for end in range(1, len(rows) + 1):
@@ -170,6 +170,41 @@ async def load_order_details(session: AsyncSession, order_id: int) -> OrderDetai
 
 
 # --------------------------------------------------------------------------- history
+# Uncorrelated on purpose: a correlated count in the select list would run once per
+# output row.
+_history_total = (
+    select(func.count().label("total"))
+    .select_from(Order)
+    .where(Order.customer_id == bindparam("customer_id"))
+    .subquery("total")
+)
+_history_page = (
+    select(
+        Order.id,
+        Order.status,
+        Order.total_cents,
+        Order.currency,
+        Order.created_at,
+        Order.version,
+    )
+    .where(Order.customer_id == bindparam("customer_id"))
+    .order_by(Order.created_at.desc(), Order.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+    .offset(bindparam("offset", type_=Integer))
+    .subquery("page")
+)
+#: The customer row joined to its count and its page: version, count and orders in
+#: one snapshot; the outer join keeps the customer row when the page is empty.
+_HISTORY = (
+    select(Customer.orders_version, _history_total.c.total, _history_page)
+    .select_from(Customer)
+    .join(_history_total, true())
+    .outerjoin(_history_page, true())
+    .where(Customer.id == bindparam("customer_id"))
+    .order_by(_history_page.c.created_at.desc(), _history_page.c.id.desc())
+)
+
+
 async def load_customer_history(
     session: AsyncSession,
     customer_id: int,
@@ -185,40 +220,8 @@ async def load_customer_history(
     """
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must not be negative")
-    # Uncorrelated on purpose: a correlated count in the select list would run once
-    # per output row.
-    total = (
-        select(func.count().label("total"))
-        .select_from(Order)
-        .where(Order.customer_id == customer_id)
-        .subquery("total")
-    )
-    page = (
-        select(
-            Order.id,
-            Order.status,
-            Order.total_cents,
-            Order.currency,
-            Order.created_at,
-            Order.version,
-        )
-        .where(Order.customer_id == customer_id)
-        .order_by(Order.created_at.desc(), Order.id.desc())
-        .limit(limit)
-        .offset(offset)
-        .subquery("page")
-    )
-    # The customer row joined to its count and its page: version, count and orders in
-    # one snapshot; the outer join keeps the customer row when the page is empty.
-    stmt = (
-        select(Customer.orders_version, total.c.total, page)
-        .select_from(Customer)
-        .join(total, true())
-        .outerjoin(page, true())
-        .where(Customer.id == customer_id)
-        .order_by(page.c.created_at.desc(), page.c.id.desc())
-    )
-    rows = (await session.execute(stmt)).all()
+    params = {"customer_id": customer_id, "limit": limit, "offset": offset}
+    rows = (await session.execute(_HISTORY, params)).all()
     if not rows:
         return None
     orders = [
@@ -242,19 +245,18 @@ async def load_customer_history(
 
 
 # --------------------------------------------------------------------------- inventory
-def _inventory_stmt(ids: Sequence[int]) -> Any:
-    return (
-        select(
-            Inventory.product_id,
-            Product.sku,
-            Inventory.available,
-            Inventory.reserved,
-            Inventory.version,
-            Inventory.updated_at,
-        )
-        .join(Product, Product.id == Inventory.product_id)
-        .where(Inventory.product_id.in_(ids))
+_INVENTORY = (
+    select(
+        Inventory.product_id,
+        Product.sku,
+        Inventory.available,
+        Inventory.reserved,
+        Inventory.version,
+        Inventory.updated_at,
     )
+    .join(Product, Product.id == Inventory.product_id)
+    .where(Inventory.product_id.in_(bindparam("ids", expanding=True)))
+)
 
 
 async def load_inventory_many(
@@ -263,7 +265,7 @@ async def load_inventory_many(
     """Inventory of every product among ``product_ids`` that has an inventory row."""
     out: dict[int, ProductInventory] = {}
     for chunk in _chunks(product_ids):
-        for r in await session.execute(_inventory_stmt(chunk)):
+        for r in await session.execute(_INVENTORY, {"ids": chunk}):
             out[r.product_id] = ProductInventory(
                 product_id=r.product_id,
                 sku=r.sku,

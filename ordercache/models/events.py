@@ -1,0 +1,246 @@
+"""Change-event schemas: row images of the captured tables and the decoded event.
+
+Row images follow the columns of :mod:`ordercache.models.orm`. Timestamps accept
+what Debezium's PostgreSQL connector emits for ``timestamptz`` (ISO-8601 strings,
+``io.debezium.time.ZonedTimestamp``) and epoch integers (``Timestamp`` millis,
+``MicroTimestamp`` micros, ``NanoTimestamp`` nanos, told apart by magnitude).
+
+:class:`ChangeEvent` and :class:`Tombstone` are named tuples, not pydantic models
+(nor frozen dataclasses, whose ``__init__`` costs several microseconds): the
+decoder validates the few envelope fields by hand and only the row images go
+through pydantic (see :mod:`ordercache.agents.decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+#: Largest id a key accepts (see ordercache.app.keys.validate_id).
+MAX_ID = 2**63 - 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Epoch integers are told apart by magnitude: below 1e14 they are milliseconds
+# (up to the year 5138), below 1e17 microseconds (from 1973 on), else nanoseconds.
+_MICROS_FROM = 10**14
+_NANOS_FROM = 10**17
+
+
+def parse_timestamp(raw: object) -> datetime:
+    """An aware UTC-or-offset datetime from an ISO-8601 string or an epoch integer.
+
+    Naive values are taken as UTC (Debezium's ``timestamp`` without time zone is
+    emitted as epoch micros of the wall clock, which the database keeps in UTC here).
+    """
+    if isinstance(raw, datetime):
+        value = raw
+    elif isinstance(raw, str):
+        value = datetime.fromisoformat(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        if abs(raw) >= _NANOS_FROM:
+            micros = raw // 1000
+        elif abs(raw) >= _MICROS_FROM:
+            micros = raw
+        else:
+            micros = raw * 1000
+        try:
+            value = _EPOCH + timedelta(microseconds=micros)
+        except OverflowError:
+            raise ValueError("epoch timestamp out of range") from None
+    else:
+        # ValueError, not TypeError: pydantic turns only ValueError into a
+        # validation error (a TypeError would escape the decoder).
+        raise ValueError(  # noqa: TRY004
+            "expected an ISO-8601 string or epoch milli/micro/nanoseconds"
+        )
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
+Version = Annotated[int, Field(strict=True, ge=0)]
+Count = Annotated[int, Field(strict=True)]
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+
+
+class Entity(StrEnum):
+    """A captured table; the value is the table name (Debezium ``source.table``)."""
+
+    ORDER = "orders"
+    ORDER_ITEM = "order_items"
+    INVENTORY = "inventory"
+    TRACKING_EVENT = "tracking_events"
+    SHIPMENT = "shipments"
+
+
+class Op(StrEnum):
+    """Debezium operation codes."""
+
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"  # snapshot
+    TRUNCATE = "t"
+
+
+class _Row(BaseModel):
+    # Unknown columns are ignored so that a column added upstream does not send
+    # every event to the dead-letter topic.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class OrderRow(_Row):
+    id: Id
+    customer_id: Id
+    status: str
+    total_cents: Count
+    currency: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    version: Version
+
+
+class OrderItemRow(_Row):
+    id: Id
+    order_id: Id
+    product_id: Id
+    quantity: Count
+    unit_price_cents: Count
+    version: Version
+
+
+class InventoryRow(_Row):
+    product_id: Id
+    available: Count
+    reserved: Count
+    version: Version
+    updated_at: Timestamp
+    #: Not a column of ``inventory``: an outbox payload may join it in from
+    #: ``products``. With it the pipeline can write the view through; without it
+    #: the entry is invalidated (see ordercache.agents.plan).
+    sku: str | None = None
+
+
+class ShipmentRow(_Row):
+    id: Id
+    order_id: Id
+    carrier: str
+    tracking_number: str
+    status: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    version: Version
+
+
+class TrackingEventRow(_Row):
+    id: Id
+    event_id: Annotated[str, Field(min_length=1, max_length=64)]
+    order_id: Id
+    shipment_id: Id | None = None
+    status: str
+    location: str | None = None
+    carrier: str | None = None
+    occurred_at: Timestamp
+    version: Version
+
+
+Row = OrderRow | OrderItemRow | InventoryRow | ShipmentRow | TrackingEventRow
+
+#: The row model of each table.
+ROW_MODELS: dict[Entity, type[Row]] = {
+    Entity.ORDER: OrderRow,
+    Entity.ORDER_ITEM: OrderItemRow,
+    Entity.INVENTORY: InventoryRow,
+    Entity.SHIPMENT: ShipmentRow,
+    Entity.TRACKING_EVENT: TrackingEventRow,
+}
+
+#: The primary-key column of each table.
+PRIMARY_KEY: dict[Entity, str] = {
+    Entity.ORDER: "id",
+    Entity.ORDER_ITEM: "id",
+    Entity.INVENTORY: "product_id",
+    Entity.SHIPMENT: "id",
+    Entity.TRACKING_EVENT: "id",
+}
+
+
+class SourceInfo(NamedTuple):
+    """Where a change came from. Outbox events have no LSN or transaction id."""
+
+    table: str
+    lsn: int | None = None
+    tx_id: int | None = None
+    ts_ms: int | None = None
+
+
+class ChangeEvent(NamedTuple):
+    """One decoded row change.
+
+    ``entity_id`` is the changed row's primary key; it is set even when the before
+    image is partial (a delete under ``REPLICA IDENTITY DEFAULT`` carries only the
+    key columns; such a ``before`` is ``None``). A truncate has neither image and
+    no ``entity_id``.
+    """
+
+    topic: str
+    entity: Entity
+    op: Op
+    entity_id: int | None
+    before: Row | None
+    after: Row | None
+    source: SourceInfo
+    ts_ms: int | None = None
+    event_id: str | None = None
+    key: bytes | None = None
+    form: Literal["envelope", "outbox"] = "envelope"
+
+
+class Tombstone(NamedTuple):
+    """A null-valued message (log compaction marker after a delete). Not an error."""
+
+    topic: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A committed row change before encoding (producer input; images are column -> value)."""
+
+    entity: Entity
+    op: Op
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+
+
+class TrackingUpdate(BaseModel):
+    """A tracking scan as mirrored into Redis Streams (one entry per ``event_id``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    order_id: int
+    status: str
+    location: str | None = None
+    carrier: str | None = None
+    occurred_at: datetime
+    shipment_id: int | None = None
+
+    @classmethod
+    def from_row(cls, row: TrackingEventRow) -> TrackingUpdate:
+        """The mirror record of a ``tracking_events`` row image."""
+        return cls.model_construct(
+            event_id=row.event_id,
+            order_id=row.order_id,
+            status=row.status,
+            location=row.location,
+            carrier=row.carrier,
+            occurred_at=row.occurred_at,
+            shipment_id=row.shipment_id,
+        )
