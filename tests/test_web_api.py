@@ -319,6 +319,7 @@ async def test_stats_shape(http: aiohttp.ClientSession, worker: Worker, seeded: 
     assert stats["cache"]["breaker"] == "closed"
     assert stats["pipeline"]["events_applied"] == 0
     assert stats["pipeline"]["dlq_messages"] == 0
+    assert stats["pipeline"]["assigned_partitions"] == 3  # ready waited for them
     assert stats["thresholds"]["min_hit_ratio"] == 0.5
     assert stats["window"]["span_seconds"] == 300
     text = reply.body.decode()

@@ -1,6 +1,7 @@
 """Liveness and readiness over HTTP against real workers, and the broker check in-process.
 
-* a worker on a private redis-server: ok -> Redis killed: degraded (200) and reads
+* a worker on a private redis-server (its change pipeline makes the broker
+  component count): ok -> Redis killed: degraded (200) and reads
   still served (``X-Cache: bypass``) -> Redis restarted on the same port: ok again;
 * a worker whose database is unreachable: not ready (503) naming ``database``,
   reads answer 503, and the database password appears nowhere;
@@ -132,7 +133,9 @@ async def test_live_and_ready(http: aiohttp.ClientSession, workers: dict[str, Wo
     assert comps["redis"]["latency_ms"] >= 0
     assert comps["redis"]["breaker"] == "closed"
     assert comps["database"]["status"] == "ok"
-    assert comps["broker"] == {"status": "skipped", "reason": "no pipeline"}
+    # the worker's change pipeline holds its three topics' single partitions
+    assert comps["broker"]["status"] == "ok"
+    assert comps["broker"]["partitions"] == 3
     assert ready.headers["Cache-Control"] == "no-store"
 
 
@@ -210,7 +213,14 @@ async def test_database_down_is_not_ready(
     live = await wait_for(http, w, "/health/live", lambda r: r.status == 200, timeout=90)
     assert live.json() == {"status": "ok"}
 
-    ready = await get(http, w.base + "/health/ready")
+    # once the pipeline holds its partitions, the database is the only failure
+    ready = await wait_for(
+        http,
+        w,
+        "/health/ready",
+        lambda r: r.json()["components"]["broker"]["status"] == "ok",
+        timeout=60,
+    )
     assert ready.status == 503
     body = ready.json()
     assert body["status"] == "down"

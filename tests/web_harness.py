@@ -1,17 +1,12 @@
-"""A real worker in a subprocess (``ordercache worker``) and an HTTP client for it.
-
-Used by the ``test_web_*`` modules. The worker runs this checkout's code (the
-subprocess gets the repository root on ``PYTHONPATH``), reads only the
-``ORDERCACHE_*`` variables given here, and logs to a file whose tail is shown when
-a test fails to reach it.
+"""HTTP helpers around a real worker subprocess (``ordercache worker``), for the
+``test_web_*`` modules: start, poll until a condition holds (showing the worker's
+log tail when it does not), parse ``/metrics``, seed a few rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,64 +17,38 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ordercache.app.local import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-
-_LAUNCH = (
-    "import sys; from ordercache.app.main import main; "
-    "main(['ordercache', 'worker', '--loglevel', 'info'])"
-)
+from tests.workers import WorkerProcess
 
 
 @dataclass
 class Worker:
-    """A worker subprocess and where it listens."""
+    """A worker subprocess (:class:`tests.workers.WorkerProcess`) and its HTTP address."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+    process: WorkerProcess
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.proc is not None
+        return self.process.proc
+
+    @property
+    def port(self) -> int:
+        return self.process.web_port
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return "\n".join(self.process.log().splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.process.terminate(timeout=20)
 
 
-def start_worker(env: Mapping[str, str], workdir: Path) -> Worker:
-    """Start ``ordercache worker`` with ``env`` (``ORDERCACHE_*`` names without prefix)."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCACHE_")}
-    full.update({f"ORDERCACHE_{k.upper()}": str(v) for k, v in env.items()})
-    full["ORDERCACHE_WEB_PORT"] = str(port)
-    full["ORDERCACHE_DATA_DIR"] = str(workdir)
-    full["PYTHONPATH"] = str(ROOT)
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCH],
-            cwd=ROOT,
-            env=full,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Worker(proc, port, log_path)
+def start_worker(env: Mapping[str, Any], workdir: Path) -> Worker:
+    """Start ``ordercache worker`` with ``env`` (setting names, without the prefix)."""
+    return Worker(WorkerProcess.configured(workdir.parent, workdir.name, **env).start())
 
 
 @dataclass
