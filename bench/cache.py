@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from ordercache.app.seed import SeedSpec, run_seed
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -32,6 +31,7 @@ from ordercache.app.cache.metrics import CacheMetrics
 from ordercache.app.cache.service import CacheService, build_cache_service
 from ordercache.app.db import create_engine, session_factory
 from ordercache.app.keys import KeySpace, TtlPolicy
+from ordercache.app.seed import SeedSpec, run_seed
 from ordercache.models.orm import Customer, Order, Product
 
 

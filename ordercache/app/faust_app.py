@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 import mode
+from redis.exceptions import RedisError
 
 from ordercache.app.context import AppContext
 from ordercache.app.settings import Settings
@@ -15,15 +16,31 @@ log = logging.getLogger(__name__)
 
 
 class LifecycleService(mode.Service):
-    """Starts before the agents need the context and closes it on worker shutdown."""
+    """Owns the context's connections for the worker's lifetime.
+
+    Added as the app's first dependency, so it starts before and stops after the
+    agents, tables and web views that use Redis and the database.
+    """
 
     def __init__(self, ctx: AppContext, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ctx = ctx
 
+    async def on_start(self) -> None:
+        # A Redis outage is not an outage (reads fall back to the database), so an
+        # unreachable Redis is reported, not fatal.
+        mode_name = self.ctx.redis.mode
+        try:
+            await self.ctx.redis.client.ping()
+        except RedisError as exc:
+            log.warning("Redis (%s) not reachable at start-up: %s", mode_name, type(exc).__name__)
+        else:
+            log.info("Redis (%s) reachable", mode_name)
+
     async def on_stop(self) -> None:
         log.info("closing Redis and database connections")
         await self.ctx.aclose()
+        log.info("Redis and database connections closed")
 
 
 def create_app(
@@ -56,8 +73,7 @@ def create_app(
         logging_config=None,
     )
     app.ctx = ctx  # type: ignore[attr-defined]
-    lifecycle = LifecycleService(ctx, loop=None)
-    app.add_dependency(lifecycle) if hasattr(app, "add_dependency") else None
+    app.add_dependency(LifecycleService(ctx))
 
     from ordercache.app import commands
 

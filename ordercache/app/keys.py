@@ -44,7 +44,7 @@ def validate_id(raw: object) -> int:
         value = raw
     elif isinstance(raw, str | bytes):
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-        if not _ID_RE.match(text):
+        if not _ID_RE.fullmatch(text):
             raise InvalidIdError("id must be 1-19 decimal digits without a leading zero")
         value = int(text)
     else:
@@ -71,6 +71,11 @@ class KeySpace:
     def lease(self, view: View, entity_id: int) -> str:
         """Key of the cross-process fill lease (same slot as the entry)."""
         return self.entry(view, entity_id) + ":l"
+
+    def triple(self, view: View, entity_id: int) -> tuple[str, str, str]:
+        """(entry, guard, lease) keys: what every cache script receives, in that order."""
+        entry = self.entry(view, entity_id)
+        return entry, entry + ":g", entry + ":l"
 
     def health(self, node: str) -> str:
         """Key the readiness probe writes and deletes."""

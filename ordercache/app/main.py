@@ -9,8 +9,10 @@ seeds a small dataset and drives sample traffic.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from ordercache.app.errors import ConfigError
 from ordercache.app.local import ManagedProcess, start_redis_server, start_tansu
@@ -22,11 +24,33 @@ log = logging.getLogger("ordercache")
 _WORKER_COMMANDS = frozenset({"worker"})
 
 
+#: Settings.log_level in the spelling of Faust's ``--loglevel``.
+_FAUST_LOGLEVEL = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR"}
+
+
 def _command(argv: Sequence[str]) -> str | None:
     for arg in argv[1:]:
         if not arg.startswith("-"):
             return arg
     return None
+
+
+def _with_loglevel(argv: list[str], settings: Settings) -> list[str]:
+    """Add ``--loglevel`` from the settings after the command, unless given on the CLI."""
+    if any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in argv[1:]):
+        return argv
+    command = _command(argv)
+    if command is None:
+        return argv
+    at = argv.index(command, 1) + 1
+    return [*argv[:at], f"--loglevel={_FAUST_LOGLEVEL[settings.log_level]}", *argv[at:]]
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    # Until the worker installs its own handler: unwind so the finally-blocks stop
+    # the local services instead of orphaning them. A requested stop is a clean
+    # exit, as it is once the worker runs.
+    raise SystemExit(0)
 
 
 def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], str | None, str | None]:
@@ -61,9 +85,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"ordercache: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    from ordercache.app.context import AppContext
+    from ordercache.app.faust_app import create_app
+
     procs: list[ManagedProcess] = []
     broker_url = redis_url = None
     if _command(args) in _WORKER_COMMANDS:
+        args = _with_loglevel(args, settings)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             procs, broker_url, redis_url = start_local_services(settings)
         except (ConfigError, TimeoutError, OSError) as exc:
@@ -71,9 +100,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(2) from None
     elif settings.kafka_broker is None:
         broker_url = "kafka://127.0.0.1:9092"
-
-    from ordercache.app.context import AppContext
-    from ordercache.app.faust_app import create_app
 
     try:
         ctx = AppContext.build(settings, redis_url=redis_url)

@@ -1,24 +1,36 @@
 """Redis connection management: one factory for standalone, Sentinel and Cluster.
 
-Every client gets a bounded connection pool, the hiredis parser (redis-py picks it
-when ``hiredis`` is installed, which our dependency pins), socket timeouts, retries
-with exponential backoff and full jitter on connection errors and timeouts, and a
-health-check interval. :class:`RedisHandle` owns the client and closes it.
+Every client gets a bounded connection pool that makes callers wait (up to the
+connect timeout) for a free connection instead of failing, the hiredis parser
+(redis-py picks it when ``hiredis`` is installed, which our dependency pins),
+socket timeouts, retries with exponential backoff and jitter on connection errors
+and timeouts, and a health-check interval. :class:`RedisHandle` owns the client
+and closes it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from ordercache.app.errors import ConfigError
@@ -33,13 +45,33 @@ Mode = Literal["standalone", "sentinel", "cluster"]
 
 
 def _retry(settings: Settings) -> Retry:
+    # The asyncio Retry: the synchronous one would hand back the coroutine unawaited,
+    # so no failure would ever be retried.
     return Retry(
         ExponentialWithJitterBackoff(
             cap=settings.redis_retry_backoff_cap, base=settings.redis_retry_backoff_base
         ),
         settings.redis_retry_attempts,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionResetError),
+        # Socket-level OSErrors reach us as redis ConnectionError / TimeoutError.
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
+
+
+def _tls_kwargs(settings: Settings) -> dict[str, Any]:
+    """Certificate options; apply to a rediss:// URL as well as to ``REDIS_TLS``."""
+    if not settings.redis_tls_enabled:
+        return {}
+    kw: dict[str, Any] = {
+        "ssl_cert_reqs": "required" if settings.redis_tls_verify else "none",
+        "ssl_check_hostname": settings.redis_tls_verify,
+    }
+    if settings.redis_tls_ca_file:
+        kw["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_tls_cert_file:
+        kw["ssl_certfile"] = str(settings.redis_tls_cert_file)
+    if settings.redis_tls_key_file:
+        kw["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    return kw
 
 
 def _common_kwargs(settings: Settings) -> dict[str, Any]:
@@ -47,32 +79,110 @@ def _common_kwargs(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": settings.redis_connect_timeout,
         "socket_timeout": max(settings.redis_read_timeout, settings.redis_write_timeout),
         "retry": _retry(settings),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": settings.redis_health_check_interval,
         "decode_responses": False,
         "client_name": settings.app_id,
+        **_tls_kwargs(settings),
     }
     if settings.redis_username:
         kw["username"] = settings.redis_username
     if settings.redis_password is not None:
         kw["password"] = settings.redis_password.get_secret_value()
-    if settings.redis_tls:
-        kw["ssl"] = True
-        kw["ssl_cert_reqs"] = "required" if settings.redis_tls_verify else "none"
-        if not settings.redis_tls_verify:
-            kw["ssl_check_hostname"] = False
-        if settings.redis_tls_ca_file:
-            kw["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
-        if settings.redis_tls_cert_file:
-            kw["ssl_certfile"] = str(settings.redis_tls_cert_file)
-        if settings.redis_tls_key_file:
-            kw["ssl_keyfile"] = str(settings.redis_tls_key_file)
     return kw
+
+
+class _FollowMaster(SentinelManagedConnection):
+    """Re-resolves the master on every reconnect, including a command's retries.
+
+    redis-py reconnects a dropped connection inside a command's retry loop without
+    asking Sentinel again, so after a failover every retry went to the old master
+    and the call failed.
+    """
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _FollowMasterSSL(_FollowMaster, SentinelManagedSSLConnection):
+    pass
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel-managed pool that waits for a free connection like the standalone one.
+
+    redis-py's own Sentinel pool raises ``MaxConnectionsError`` as soon as all
+    connections are busy.
+    """
+
+
+#: Set while the current task holds a cluster admission (nested calls reuse it).
+_ADMITTED: ContextVar[bool] = ContextVar("ordercache_cluster_admitted", default=False)
+
+
+class _GatedCluster(RedisCluster):
+    """A cluster client whose callers wait for a free connection instead of failing.
+
+    redis-py's cluster nodes raise ``MaxConnectionsError`` when ``max_connections``
+    are busy (and the client then rebuilds its slot map). Every command or pipeline
+    holds at most one connection per node, so admitting ``max_connections`` of them
+    at a time keeps each node within its limit.
+    """
+
+    def __init__(self, *, pool_timeout: float, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._gate = asyncio.Semaphore(max_connections)
+        self._pool_timeout = pool_timeout
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Hold one admission; a pipeline re-sending redirected commands nests freely."""
+        if _ADMITTED.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._gate.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.admitted():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # raises, as redis-py does
+        return _GatedPipeline(self, transaction)  # type: ignore[abstract]  # stub quirk
+
+
+class _GatedPipeline(ClusterPipeline):
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, _GatedCluster)
+        async with client.admitted():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 @dataclass
 class RedisHandle:
-    """An asyncio Redis client plus what it takes to observe and close it."""
+    """An asyncio Redis client plus what it takes to observe and close it.
+
+    After :meth:`close` the handle must not be used again.
+    """
 
     client: AnyRedis
     mode: Mode
@@ -80,31 +190,61 @@ class RedisHandle:
     sentinel: Sentinel | None = None
     _closed: bool = field(default=False, repr=False)
 
-    def pool_stats(self) -> dict[str, int]:
-        """Connections in use, idle and the configured maximum (standalone/sentinel)."""
+    def _connections(self) -> tuple[list[AbstractConnection], list[AbstractConnection]]:
+        """(in use, idle) connections of every pool the client owns."""
         if isinstance(self.client, RedisCluster):
-            in_use = idle = 0
+            in_use: list[AbstractConnection] = []
+            idle: list[AbstractConnection] = []
             for node in self.client.get_nodes():
-                free = len(getattr(node, "_free", ()))
+                free = list(node._free)
                 idle += free
-                in_use += len(getattr(node, "_connections", ())) - free
-            return {"in_use": in_use, "idle": idle, "max": self.max_connections}
+                in_use += [c for c in node._connections if c not in free]
+            return in_use, idle
         pool = self.client.connection_pool
-        in_use = len(list(pool._get_in_use_connections()))
-        idle = len(getattr(pool, "_available_connections", ()))
-        return {"in_use": in_use, "idle": idle, "max": self.max_connections}
+        return list(pool._in_use_connections), list(pool._available_connections)
+
+    def pool_stats(self) -> dict[str, int]:
+        """Connections in use, idle and the most the pool(s) may open.
+
+        In cluster mode the limit applies per node, so ``max`` is the per-node limit
+        times the number of known nodes.
+        """
+        in_use, idle = self._connections()
+        limit = self.max_connections
+        if isinstance(self.client, RedisCluster):
+            limit *= max(1, len(self.client.get_nodes()))
+        return {"in_use": len(in_use), "idle": len(idle), "max": limit}
 
     async def close(self) -> None:
-        """Close the client and its pool; idempotent."""
+        """Close the client and its pools; idempotent.
+
+        Calls still in flight end with a ``ConnectionError`` instead of reconnecting:
+        their retry budget is set to zero before their sockets are closed.
+        """
         if self._closed:
             return
         self._closed = True
-        await self.client.aclose()
-        if isinstance(self.client, aioredis.Redis):
-            await self.client.connection_pool.disconnect(inuse_connections=True)
+        in_use, idle = self._connections()
+        retries = [c.retry for c in in_use + idle]
+        if isinstance(self.client, RedisCluster):
+            _no_more_retries(retries)
+            await self.client.aclose()
+        else:
+            pool = self.client.connection_pool
+            # Callers still waiting for a connection would copy the pool's policy.
+            _no_more_retries([*retries, pool.connection_kwargs.get("retry")])
+            await self.client.aclose()
+            # A pool passed in explicitly is not closed by the client.
+            await pool.disconnect(inuse_connections=True)
         if self.sentinel is not None:
             for s in self.sentinel.sentinels:
                 await s.aclose()
+
+
+def _no_more_retries(policies: Iterable[object]) -> None:
+    for policy in policies:
+        if isinstance(policy, Retry):
+            policy.update_retries(0)
 
 
 def create_redis(settings: Settings, *, url: str | None = None) -> RedisHandle:
@@ -121,29 +261,24 @@ def create_redis(settings: Settings, *, url: str | None = None) -> RedisHandle:
         return _create_cluster(settings, kw, url)
     if mode == "sentinel":
         return _create_sentinel(settings, kw)
-    pool_kw = dict(kw)
-    pool_kw.pop("retry_on_error", None)
     raw_url = url or (settings.redis_url.get_secret_value() if settings.redis_url else None)
     pool: aioredis.BlockingConnectionPool
     if raw_url is not None:
+        # The URL's scheme picks the connection class (rediss:// means TLS).
         pool = aioredis.BlockingConnectionPool.from_url(
             raw_url,
             max_connections=settings.redis_max_connections,
             timeout=settings.redis_connect_timeout,
-            **pool_kw,
+            **kw,
         )
     else:
         if settings.redis_host is None:
             raise ConfigError(
                 "ORDERCACHE_REDIS_URL or ORDERCACHE_REDIS_HOST: required outside the local default"
             )
-        if settings.redis_tls:
-            conn_cls: type[aioredis.Connection] = aioredis.SSLConnection
-            pool_kw.pop("ssl")
-        else:
-            conn_cls = aioredis.Connection
-            for key in [k for k in pool_kw if k.startswith("ssl")]:
-                pool_kw.pop(key)
+        conn_cls: type[aioredis.Connection] = (
+            aioredis.SSLConnection if settings.redis_tls else aioredis.Connection
+        )
         pool = aioredis.BlockingConnectionPool(
             connection_class=conn_cls,
             max_connections=settings.redis_max_connections,
@@ -151,7 +286,7 @@ def create_redis(settings: Settings, *, url: str | None = None) -> RedisHandle:
             host=settings.redis_host,
             port=settings.redis_port,
             db=settings.redis_db,
-            **pool_kw,
+            **kw,
         )
     client = aioredis.Redis(connection_pool=pool)
     return RedisHandle(client=client, mode="standalone", max_connections=pool.max_connections)
@@ -167,13 +302,15 @@ def _create_sentinel(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
     if settings.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
     conn_kw = dict(kw)
-    conn_kw.pop("retry_on_error", None)
+    conn_kw["connection_class"] = _FollowMasterSSL if settings.redis_tls else _FollowMaster
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         addrs, sentinel_kwargs=sentinel_kwargs, db=settings.redis_db, **conn_kw
     )
     client = sentinel.master_for(
         settings.redis_sentinel_master,
+        connection_pool_class=_BlockingSentinelPool,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_connect_timeout,
     )
     return RedisHandle(
         client=client,
@@ -185,10 +322,15 @@ def _create_sentinel(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
 
 def _create_cluster(settings: Settings, kw: dict[str, Any], url: str | None) -> RedisHandle:
     ckw = dict(kw)
-    ckw.pop("health_check_interval", None)
-    ckw.pop("client_name", None)
+    if settings.redis_tls:
+        ckw["ssl"] = True
     raw_url = url or (settings.redis_url.get_secret_value() if settings.redis_url else None)
     client: RedisCluster
+    common = {
+        "max_connections": settings.redis_max_connections,
+        "pool_timeout": settings.redis_connect_timeout,
+        **ckw,
+    }
     if settings.redis_cluster_nodes:
         nodes = [
             ClusterNode(h, p)
@@ -196,14 +338,10 @@ def _create_cluster(settings: Settings, kw: dict[str, Any], url: str | None) -> 
                 settings.redis_cluster_nodes, "ORDERCACHE_REDIS_CLUSTER_NODES"
             )
         ]
-        client = RedisCluster(
-            startup_nodes=nodes, max_connections=settings.redis_max_connections, **ckw
-        )
+        client = _GatedCluster(startup_nodes=nodes, **common)
     else:
         assert raw_url is not None  # checked by Settings
-        client = RedisCluster.from_url(
-            raw_url, max_connections=settings.redis_max_connections, **ckw
-        )
+        client = _GatedCluster.from_url(raw_url, **common)
     return RedisHandle(
         client=client, mode="cluster", max_connections=settings.redis_max_connections
     )

@@ -11,9 +11,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ordercache.app.errors import ConfigError
 
@@ -34,19 +38,71 @@ SECRET_FIELDS = frozenset(
 
 
 def parse_hostports(raw: str, var: str) -> list[tuple[str, int]]:
-    """Parse ``"h1:p1,h2:p2"`` into pairs, or raise naming ``var``."""
+    """Parse ``"h1:p1,h2:p2"`` into (host, port) pairs, or raise naming ``var``.
+
+    At least one pair is required; empty items between commas are skipped.
+    """
     out: list[tuple[str, int]] = []
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
-        if not _HOSTPORT.match(part):
+        if not _HOSTPORT.fullmatch(part):
             raise ValueError(f"{var}: expected comma-separated host:port pairs, got {part!r}")
         host, _, port = part.rpartition(":")
         port_no = int(port)
         if not 1 <= port_no <= 65535:
             raise ValueError(f"{var}: port out of range in {part!r}")
         out.append((host.strip("[]"), port_no))
+    if not out:
+        raise ValueError(f"{var}: expected at least one host:port")
     return out
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is a usable redis://, rediss:// or unix:// URL.
+
+    The message never contains the URL or any part of it (it may carry a password).
+    """
+    var = f"{ENV_PREFIX}REDIS_URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        raise ValueError(f"{var}: malformed URL (check the host and port)") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{var}: expected a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{var}: expected unix:///path/to/redis.sock")
+        return
+    if not parts.hostname:
+        raise ValueError(f"{var}: expected a host, e.g. redis://host:6379/0")
+    if port == 0:
+        raise ValueError(f"{var}: port out of range (1-65535)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{var}: expected the database number as the path, e.g. /0")
+    try:
+        parse_redis_url(url)  # what the client will do later: casts the ?query options
+    except ValueError:
+        raise ValueError(f"{var}: invalid option in the query string") from None
+
+
+def check_database_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is an asyncpg or aiosqlite SQLAlchemy URL.
+
+    The message never contains the URL or any part of it (it may carry a password).
+    """
+    var = f"{ENV_PREFIX}DATABASE_URL"
+    expected = "expected postgresql+asyncpg://user@host:port/db or sqlite+aiosqlite:///path"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port
+        raise ValueError(f"{var}: malformed URL ({expected})") from None
+    if parsed.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise ValueError(f"{var}: {expected}")
+    if parsed.drivername == "postgresql+asyncpg" and not parsed.database:
+        raise ValueError(f"{var}: expected a database name, e.g. .../ordercache")
 
 
 class Settings(BaseSettings):
@@ -56,6 +112,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         extra="ignore",
         case_sensitive=False,
+        # ``ORDERCACHE_X=`` (empty) means "unset", as in most env-file tooling.
+        env_ignore_empty=True,
         validate_default=True,
         frozen=True,
     )
@@ -72,15 +130,18 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr | None = Field(
         None,
-        description="redis:// or rediss:// URL; overrides the discrete host/port/... fields. "
-        "Unset with no host either: the local default starts a private redis-server.",
+        description="redis://, rediss:// (TLS) or unix:// URL; overrides the discrete "
+        "host/port/... fields. Unset with no host either: the local default starts a private "
+        "redis-server.",
     )
     redis_host: str | None = Field(None, description="Redis host (standalone).")
     redis_port: Port = Field(6379, description="Redis port (standalone).")
     redis_username: str | None = Field(None, description="ACL user name.")
     redis_password: SecretStr | None = Field(None, description="ACL or requirepass password.")
     redis_db: Annotated[int, Field(ge=0, le=15)] = Field(0, description="Logical database 0-15.")
-    redis_tls: bool = Field(False, description="Use TLS (rediss).")
+    redis_tls: bool = Field(
+        False, description="Use TLS with the discrete fields (a rediss:// URL implies it)."
+    )
     redis_tls_ca_file: Path | None = Field(None, description="CA bundle for TLS verification.")
     redis_tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
     redis_tls_key_file: Path | None = Field(None, description="Client key (mutual TLS).")
@@ -95,7 +156,11 @@ class Settings(BaseSettings):
     redis_cluster_nodes: str | None = Field(
         None, description="Cluster seed nodes, 'host:port,host:port' (cluster mode)."
     )
-    redis_max_connections: PositiveInt = Field(64, description="Connection pool size.")
+    redis_max_connections: PositiveInt = Field(
+        64,
+        description="Connection pool size (per node in cluster mode); callers wait up to the "
+        "connect timeout for a free connection.",
+    )
     redis_connect_timeout: PositiveSeconds = Field(1.0, description="Connect timeout, seconds.")
     redis_read_timeout: PositiveSeconds = Field(
         0.5, description="Socket read timeout per command, seconds."
@@ -176,58 +241,87 @@ class Settings(BaseSettings):
     @field_validator("redis_key_prefix")
     @classmethod
     def _check_prefix(cls, v: str) -> str:
-        if not _PREFIX_RE.match(v):
+        if not _PREFIX_RE.fullmatch(v):
             raise ValueError("expected 1-32 characters of letters, digits, '_' or '-'")
         return v
 
     @field_validator("topic_orders", "topic_inventory", "topic_tracking", "topic_dlq")
     @classmethod
     def _check_topic(cls, v: str) -> str:
-        if not _TOPIC_RE.match(v):
+        if not _TOPIC_RE.fullmatch(v):
             raise ValueError("expected a Kafka topic name (letters, digits, '.', '_', '-')")
         return v
 
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if v is not None:
+            # The messages never quote the URL: it may carry a password.
+            check_redis_url(v.get_secret_value())
         return v
 
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().startswith(
-            ("postgresql+asyncpg://", "sqlite+aiosqlite://")
-        ):
-            raise ValueError("expected postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+        if v is not None:
+            check_database_url(v.get_secret_value())
         return v
 
     @model_validator(mode="after")
     def _check_modes(self) -> Settings:
+        p = ENV_PREFIX
         if self.redis_mode == "sentinel":
             if not self.redis_sentinels:
                 raise ValueError(
-                    f"{ENV_PREFIX}REDIS_SENTINELS: required when {ENV_PREFIX}REDIS_MODE=sentinel "
+                    f"{p}REDIS_SENTINELS: required when {p}REDIS_MODE=sentinel "
                     "(expected host:port,host:port)"
                 )
-            parse_hostports(self.redis_sentinels, f"{ENV_PREFIX}REDIS_SENTINELS")
+            if self.redis_url is not None:
+                raise ValueError(
+                    f"{p}REDIS_URL: not used when {p}REDIS_MODE=sentinel "
+                    f"(the master comes from {p}REDIS_SENTINELS); unset it"
+                )
+            parse_hostports(self.redis_sentinels, f"{p}REDIS_SENTINELS")
         if self.redis_mode == "cluster":
             if not self.redis_cluster_nodes and self.redis_url is None:
                 raise ValueError(
-                    f"{ENV_PREFIX}REDIS_CLUSTER_NODES: required when "
-                    f"{ENV_PREFIX}REDIS_MODE=cluster (or set ORDERCACHE_REDIS_URL)"
+                    f"{p}REDIS_CLUSTER_NODES: required when {p}REDIS_MODE=cluster "
+                    f"(expected host:port,host:port; or set {p}REDIS_URL)"
                 )
             if self.redis_cluster_nodes:
-                parse_hostports(self.redis_cluster_nodes, f"{ENV_PREFIX}REDIS_CLUSTER_NODES")
+                parse_hostports(self.redis_cluster_nodes, f"{p}REDIS_CLUSTER_NODES")
+            if self.redis_db != 0:
+                raise ValueError(f"{p}REDIS_DB: must be 0 when {p}REDIS_MODE=cluster")
+        self._check_tls()
         if self.kafka_broker is not None:
             parse_hostports(
-                self.kafka_broker.removeprefix("kafka://").replace(";", ","),
-                f"{ENV_PREFIX}KAFKA_BROKER",
+                self.kafka_broker.removeprefix("kafka://").replace(";", ","), f"{p}KAFKA_BROKER"
             )
         return self
+
+    def _check_tls(self) -> None:
+        p = ENV_PREFIX
+        url = self.redis_url.get_secret_value() if self.redis_url is not None else None
+        if self.redis_tls and url is not None and not url.startswith("rediss://"):
+            raise ValueError(
+                f"{p}REDIS_TLS: conflicts with the scheme of {p}REDIS_URL "
+                "(use a rediss:// URL for TLS)"
+            )
+        if self.redis_tls and self.redis_is_local:
+            raise ValueError(
+                f"{p}REDIS_TLS: needs {p}REDIS_HOST, {p}REDIS_URL or another "
+                f"{p}REDIS_MODE (the local default's redis-server runs without TLS)"
+            )
+        if not self.redis_tls_enabled:
+            return
+        for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"):
+            path: Path | None = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{env_name(name)}: expected an existing file")
+        if self.redis_tls_key_file is not None and self.redis_tls_cert_file is None:
+            raise ValueError(
+                f"{p}REDIS_TLS_CERT_FILE: required with {p}REDIS_TLS_KEY_FILE (mutual TLS)"
+            )
 
     # ------------------------------------------------------------------------
     @property
@@ -235,6 +329,15 @@ class Settings(BaseSettings):
         """True when no Redis is configured: the local default starts its own."""
         return (
             self.redis_mode == "standalone" and self.redis_url is None and self.redis_host is None
+        )
+
+    @property
+    def redis_tls_enabled(self) -> bool:
+        """True when connections to Redis use TLS (``REDIS_TLS`` or a rediss:// URL)."""
+        if self.redis_tls:
+            return True
+        return self.redis_url is not None and self.redis_url.get_secret_value().startswith(
+            "rediss://"
         )
 
     @property
@@ -293,7 +396,8 @@ def _format_errors(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False, include_input=False):
         loc = err.get("loc") or ()
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if loc:
+        msg = " ".join(msg.split())  # one line, whatever the message
+        if loc and not msg.startswith(ENV_PREFIX):
             parts.append(f"{env_name(str(loc[0]))}: {msg}")
         else:
             parts.append(msg)
@@ -311,7 +415,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         values: dict[str, Any] = {}
         for key, raw in environ.items():
             upper = key.upper()
-            if upper.startswith(ENV_PREFIX):
+            if upper.startswith(ENV_PREFIX) and raw != "":
                 field = upper.removeprefix(ENV_PREFIX).lower()
                 if field in Settings.model_fields:
                     values[field] = raw

@@ -44,16 +44,19 @@ ACQUIRE = LuaScript.named("acquire")
 FILL = LuaScript.named("fill")
 INVALIDATE = LuaScript.named("invalidate")
 REFRESH = LuaScript.named("refresh")
-ALL_SCRIPTS = (ACQUIRE, FILL, INVALIDATE, REFRESH)
+INVALIDATE_MANY = LuaScript.named("invalidate_many")
+ALL_SCRIPTS = (ACQUIRE, FILL, INVALIDATE, REFRESH, INVALIDATE_MANY)
 
 
 @dataclass(frozen=True, slots=True)
 class ScriptCall:
-    """One script invocation, for batching in a pipeline."""
+    """One script invocation, for batching in a pipeline. ``ops`` is how many cache
+    operations it carries (its reply is a list of that length when ``ops > 1``)."""
 
     script: LuaScript
-    keys: tuple[str, str, str]
+    keys: tuple[str, ...]
     args: tuple[Any, ...]
+    ops: int = 1
 
 
 class RedisCacheBackend:
@@ -62,14 +65,16 @@ class RedisCacheBackend:
     def __init__(self, client: AnyRedis, *, timeout: float) -> None:
         self.client = client
         self.timeout = timeout
-        self._cluster = isinstance(client, RedisCluster)
+        #: Multi-entry scripts need all their keys on one server (not in a cluster).
+        self.multi_key = not isinstance(client, RedisCluster)
 
     # ------------------------------------------------------------------ reads
     async def get(self, key: str) -> bytes | None:
+        """GET on the hit path. Bounded by the client's socket timeout (and its retries)
+        rather than an extra ``asyncio.timeout``, which costs a timer per call."""
         try:
-            async with asyncio.timeout(self.timeout):
-                raw = await self.client.get(key)
-                return raw  # type: ignore[return-value]
+            raw = await self.client.get(key)
+            return raw  # type: ignore[return-value]
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
 
@@ -128,7 +133,7 @@ class RedisCacheBackend:
     async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
-            pipe.evalsha(c.script.sha, 3, *c.keys, *c.args)
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
         return await pipe.execute(raise_on_error=False)
 
     async def load_scripts(self) -> None:

@@ -31,6 +31,7 @@ from ordercache.app.cache.backend import (
     ACQUIRE,
     FILL,
     INVALIDATE,
+    INVALIDATE_MANY,
     REFRESH,
     RedisCacheBackend,
     ScriptCall,
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 Status = Literal["hit", "miss", "bypass"]
 Loader = Callable[[int], Awaitable[T | None]]
+
+#: Invalidations per ``invalidate_many`` call (bounds the time one script blocks Redis).
+MULTI_CHUNK = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +231,7 @@ class CacheService:
     async def _miss(self, spec: ViewSpec[T], eid: int, loader: Loader[T]) -> CacheResult[T]:
         view = spec.view
         k = self.keys
-        keys = (k.entry(view, eid), k.guard(view, eid), k.lease(view, eid))
+        keys = k.triple(view, eid)
         token = secrets.token_hex(8)
         try:
             raw, gen, leased = await self.backend.call(
@@ -335,26 +339,48 @@ class CacheService:
             raise
 
     def calls_for(self, ops: Iterable[CacheOp]) -> list[ScriptCall]:
-        """The script calls that carry out ``ops`` (pure; for batching by the pipeline)."""
+        """The script calls that carry out ``ops`` in order (pure; for batching).
+
+        Runs of invalidations go out as one ``invalidate_many`` call of up to
+        ``MULTI_CHUNK`` entries where the server allows it (not in a cluster).
+        """
         k = self.keys
         tomb = self.ttls.tombstone_ms()
         calls: list[ScriptCall] = []
+        run_keys: list[str] = []
+        run_versions: list[str] = []
+
+        def flush() -> None:
+            if run_versions:
+                calls.append(
+                    ScriptCall(
+                        INVALIDATE_MANY, tuple(run_keys), (tomb, *run_versions), len(run_versions)
+                    )
+                )
+                run_keys.clear()
+                run_versions.clear()
+
+        multi = self.backend.multi_key
         for op in ops:
-            keys = (
-                k.entry(op.view, op.entity_id),
-                k.guard(op.view, op.entity_id),
-                k.lease(op.view, op.entity_id),
-            )
+            keys = k.triple(op.view, op.entity_id)
             if isinstance(op, Invalidate):
                 ver = "" if op.version is None else str(op.version)
+                if multi:
+                    run_keys.extend(keys)
+                    run_versions.append(ver)
+                    if len(run_versions) >= MULTI_CHUNK:
+                        flush()
+                    continue
                 calls.append(ScriptCall(INVALIDATE, keys, (ver, tomb)))
             else:
+                flush()
                 payload = SPECS[op.view].encode(op.value)
                 calls.append(
                     ScriptCall(
                         REFRESH, keys, (op.version, payload, self.ttls.ttl_ms(op.view), tomb)
                     )
                 )
+        flush()
         return calls
 
     async def apply(self, ops: Sequence[CacheOp]) -> list[int]:
@@ -363,14 +389,21 @@ class CacheService:
         if not ops:
             return []
         t0 = time.perf_counter()
+        calls = self.calls_for(ops)
         try:
-            results = await self.backend.call_many(self.calls_for(ops))
+            replies = await self.backend.call_many(calls)
         except CacheError as exc:
             self._failed(ops[0].view, "apply", exc)
             raise
+        results: list[int] = []
+        for call, reply in zip(calls, replies, strict=True):
+            if call.script is INVALIDATE_MANY:
+                results.extend(int(r) for r in reply)
+            else:
+                results.append(int(reply))
         self._ok()
         self.metrics.op_seconds.labels(ops[0].view.value, "apply").observe(time.perf_counter() - t0)
-        return [int(r) for r in results]
+        return results
 
 
 def _entity_id(spec: ViewSpec[T], value: T) -> int:

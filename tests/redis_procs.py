@@ -1,0 +1,205 @@
+"""Private Redis topologies for tests: Sentinel, Cluster and TLS, on free loopback ports.
+
+Everything here starts processes of its own (never touches the shared Redis on 6379)
+and returns :class:`~ordercache.app.local.ManagedProcess` objects the caller stops.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from ordercache.app.local import (
+    ManagedProcess,
+    free_port,
+    start_redis_server,
+    wait_for_port,
+)
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """Poll ``predicate()`` until it is truthy; errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached after {timeout}s (last error: {last!r})")
+
+
+# --------------------------------------------------------------------------- Sentinel
+def start_sentinel(master: ManagedProcess, name: str = "mymaster") -> ManagedProcess:
+    """A ``redis-server --sentinel`` monitoring ``master``; returns once it knows the master."""
+    exe = shutil.which("redis-server")
+    assert exe is not None, "redis-server is not installed"
+    port = free_port()
+    wd = Path(tempfile.mkdtemp(prefix="oc-sentinel-"))
+    conf = wd / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\n"
+        "bind 127.0.0.1\n"
+        "daemonize no\n"
+        f"dir {wd}\n"
+        f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {name} 1000\n"
+        f"sentinel failover-timeout {name} 3000\n"
+    )
+    args = [exe, str(conf), "--sentinel"]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    mp = ManagedProcess("redis-sentinel", port, proc, wd, args)
+    try:
+        wait_for_port(port)
+        client = redis.Redis(port=port, socket_timeout=1)
+        try:
+            wait_until(
+                lambda: client.sentinel_get_master_addr_by_name(name) is not None,
+                "sentinel knows the master",
+            )
+        finally:
+            client.close()
+    except BaseException:
+        mp.cleanup()
+        raise
+    return mp
+
+
+# --------------------------------------------------------------------------- Cluster
+@dataclass
+class LocalCluster:
+    """Three (or more) private cluster-enabled redis-servers, all masters."""
+
+    nodes: list[ManagedProcess]
+
+    @property
+    def addresses(self) -> str:
+        """``host:port,host:port`` for ``ORDERCACHE_REDIS_CLUSTER_NODES``."""
+        return ",".join(n.url for n in self.nodes)
+
+    def cleanup(self) -> None:
+        for node in reversed(self.nodes):
+            node.cleanup()
+
+
+def start_cluster(size: int = 3) -> LocalCluster:
+    """Start ``size`` cluster-enabled servers, create the cluster and wait for state ok."""
+    cluster = LocalCluster([])
+    try:
+        for _ in range(size):
+            # The bus port defaults to port + 10000, which may be taken or above 65535.
+            bus = str(free_port())
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000", "--cluster-port", bus]  # fmt: skip
+            cluster.nodes.append(start_redis_server(extra_args=args))
+        cli = shutil.which("redis-cli")
+        assert cli is not None, "redis-cli is not installed"
+        subprocess.run(
+            [cli, "--cluster", "create", *(n.url for n in cluster.nodes), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for node in cluster.nodes:
+            client = redis.Redis(port=node.port, socket_timeout=1)
+            try:
+                wait_until(
+                    lambda c=client: c.execute_command("CLUSTER INFO")["cluster_state"] == "ok",
+                    f"cluster_state:ok on {node.url}",
+                    timeout=30,
+                )
+            finally:
+                client.close()
+    except BaseException:
+        cluster.cleanup()
+        raise
+    return cluster
+
+
+# --------------------------------------------------------------------------- TLS
+@dataclass(frozen=True)
+class TlsFiles:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _openssl(*args: str) -> None:
+    exe = shutil.which("openssl")
+    assert exe is not None, "openssl is not installed"
+    subprocess.run([exe, *args], check=True, capture_output=True, timeout=60)
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate the CA, server and client material with the openssl CLI (EC keys: fast)."""
+    d = directory
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
+             "-days", "2", "-subj", "/CN=ordercache test CA")  # fmt: skip
+    for who, subj in (("server", "/CN=127.0.0.1"), ("client", "/CN=ordercache client")):
+        _openssl("req", *ec, "-keyout", str(d / f"{who}.key"), "-out", str(d / f"{who}.csr"),
+                 "-subj", subj)  # fmt: skip
+        ext = d / f"{who}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n" if who == "server" else "\n")
+        _openssl("x509", "-req", "-in", str(d / f"{who}.csr"), "-CA", str(d / "ca.crt"),
+                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+                 "-out", str(d / f"{who}.crt"), "-extfile", str(ext))  # fmt: skip
+    return TlsFiles(
+        ca=d / "ca.crt",
+        server_cert=d / "server.crt",
+        server_key=d / "server.key",
+        client_cert=d / "client.crt",
+        client_key=d / "client.key",
+    )
+
+
+def start_tls_redis(files: TlsFiles, *, require_client_cert: bool = False) -> ManagedProcess:
+    """A private redis-server that speaks only TLS on its port."""
+    port = free_port()
+    args = [
+        "--port", "0",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(files.server_cert),
+        "--tls-key-file", str(files.server_key),
+        "--tls-ca-cert-file", str(files.ca),
+        "--tls-auth-clients", "yes" if require_client_cert else "no",
+    ]  # fmt: skip
+    return start_redis_server(port=port, extra_args=args)
+
+
+# --------------------------------------------------------------------------- observing
+def client_list(port: int) -> list[dict[str, str]]:
+    """CLIENT LIST of a private plain-TCP server, without the observer's own connection."""
+    observer = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+    try:
+        observer.client_setname("oc-observer")
+        return [c for c in observer.client_list() if c["name"] != "oc-observer"]
+    finally:
+        observer.close()
+
+
+def pause_clients(port: int, millis: int) -> None:
+    """CLIENT PAUSE ALL on a private server: every command waits ``millis`` ms.
+
+    There is no early way out: CLIENT UNPAUSE itself waits for the pause to end.
+    """
+    admin = redis.Redis(port=port, socket_timeout=2)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", str(millis), "ALL")
+    finally:
+        admin.close()

@@ -1,0 +1,182 @@
+"""``ordercache worker`` on the local default: starts, stops on SIGTERM, leaves nothing behind.
+
+The worker runs as a real subprocess with no broker, Redis or database configured,
+so it starts its own Tansu broker and redis-server. Python's ResourceWarning and
+RuntimeWarning are switched on in the child: an unclosed Redis connection or a
+never-awaited coroutine shows up in its output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ordercache.app.local import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = "[^Worker]: Ready"
+CLOSED = "Redis and database connections closed"
+
+pytestmark = pytest.mark.kafka
+
+
+@dataclass
+class Worker:
+    """A running ``ordercache worker`` and everything it printed so far."""
+
+    proc: subprocess.Popen[str]
+    web_port: int
+    lines: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    eof: bool = False
+    reader: threading.Thread | None = None
+    #: Every child process seen (killed at teardown if a failing test left it behind).
+    seen_children: dict[int, str] = field(default_factory=dict)
+
+    def children(self) -> dict[int, str]:
+        """The worker's live child processes now: {pid: command line}."""
+        found = _children(self.proc.pid)
+        self.seen_children.update(found)
+        return found
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.eof = True
+            self.changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 90.0) -> None:
+        """Block until the worker printed ``text``; fail if it exits or takes too long."""
+        with self.changed:
+            seen = self.changed.wait_for(lambda: text in self.output or self.eof, timeout)
+        assert seen, f"{text!r} not printed after {timeout}s:\n{self.output}"
+        assert text in self.output, f"worker exited before printing {text!r}:\n{self.output}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        if self.reader is not None:
+            self.reader.join(10)
+        return rc
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid``: {pid: command line}."""
+    out: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry.name)] = cmdline
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCACHE_")}
+    env.update(
+        ORDERCACHE_DATA_DIR=str(tmp_path / "var"),
+        ORDERCACHE_WEB_PORT=str(port),
+        ORDERCACHE_LOG_LEVEL="info",
+        PYTHONPATH=str(ROOT),  # this checkout's code, whatever is installed
+        PYTHONWARNINGS="default::ResourceWarning,default::RuntimeWarning",
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ordercache.app.main", "worker"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    w = Worker(proc, port)
+    w.reader = threading.Thread(target=w._read, daemon=True)
+    w.reader.start()
+    yield w
+    if proc.poll() is None:  # the test failed half-way: do not leak the worker
+        w.children()
+        proc.kill()
+        proc.wait(10)
+    for pid in w.seen_children:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    w.reader.join(10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def _assert_clean_exit(w: Worker, rc: int, children: dict[int, str], *, started: bool) -> None:
+    out = w.output
+    assert rc == 0, out
+    assert "Traceback" not in out, out
+    for bad in ("warning", "unclosed", "never awaited"):
+        assert bad not in out.lower(), out
+    if started:
+        assert CLOSED in out, out
+    leftover = {pid: cmd for pid, cmd in children.items() if _alive(pid)}
+    assert leftover == {}, f"processes left behind: {leftover}"
+
+
+def test_worker_on_local_default_stops_cleanly_on_sigterm(worker: Worker) -> None:
+    worker.wait_for(READY)
+    wait_for_port(worker.web_port, timeout=10)
+    children = worker.children()
+    kinds = sorted("redis-server" if "redis-server" in c else "tansu" for c in children.values())
+    assert kinds == ["redis-server", "tansu"], children
+    assert "Redis (standalone) reachable" in worker.output
+
+    rc = worker.stop(signal.SIGTERM)
+    _assert_clean_exit(worker, rc, children, started=True)
+
+
+def test_worker_stopped_while_joining_the_group_still_cleans_up(worker: Worker) -> None:
+    # The web server answers before the consumer group is joined: stop in between.
+    wait_for_port(worker.web_port, timeout=60)
+    children = worker.children()
+    assert len(children) == 2, children
+    rc = worker.stop(signal.SIGTERM)
+    _assert_clean_exit(worker, rc, children, started=True)
+
+
+def test_worker_stopped_during_local_start_up_leaves_no_processes(worker: Worker) -> None:
+    # Printed right after the private redis-server is up, before Faust takes over
+    # the signal handling.
+    worker.wait_for("local default: redis-server on")
+    children = worker.children()
+    assert len(children) == 2, children
+    rc = worker.stop(signal.SIGTERM)
+    _assert_clean_exit(worker, rc, children, started=False)
