@@ -133,6 +133,7 @@ async def test_unknown_id_is_404_and_negative_cached(
         "/orders/99999999999999999999",
         "/orders/9223372036854775808",
         "/orders/%201",
+        "/orders/1%0A",
         "/products/x/inventory",
         "/customers/1e3/orders",
     ],
