@@ -117,13 +117,21 @@ def loaders(ctx: AppContext) -> dict[str, Any]:
 
 
 async def test_update_and_event_invalidate_then_next_read_is_new(env: Any) -> None:
-    _, ctx, _, producer = env
+    settings, ctx, pipeline, producer = env
     load = loaders(ctx)
     customer, products = await seed_catalog(ctx)
     async with ctx.sessions() as s, s.begin():
         changes = await writes.create_order(s, customer, [(products[0], 2)], NOW)
+    applied = pipeline.metrics.events.labels(settings.topic_orders, "applied")
+    before = applied._value.get()
     await producer.emit_transaction(changes)
     order_id = next(c.after["id"] for c in changes if c.entity.value == "orders")
+    n_orders_topic = sum(1 for c in changes if c.entity.value in ("orders", "order_items"))
+
+    async def creation_applied() -> bool:
+        return applied._value.get() >= before + n_orders_topic
+
+    await eventually(creation_applied)  # so the creation's invalidations are behind us
 
     first = await ctx.cache.get_or_load(ORDER, order_id, load["order"])
     assert first.value is not None and first.value.status == "created"
@@ -316,3 +324,87 @@ async def test_redis_down_holds_the_batch_until_it_applies(
             restarted.cleanup()
     finally:
         await ctx.aclose()
+
+
+def tracking_envelope(
+    row_id: int, order_id: int, status: str, *, event_id: str | None = None
+) -> bytes:
+    return json.dumps(
+        {
+            "before": None,
+            "after": {
+                "id": row_id,
+                "event_id": event_id or f"ev-{order_id}-{row_id}",
+                "order_id": order_id,
+                "shipment_id": None,
+                "status": status,
+                "location": "Hamburg",
+                "carrier": "DHL",
+                "occurred_at": f"2026-03-01T10:00:{row_id % 60:02d}Z",
+                "version": 1,
+            },
+            "op": "c",
+            "source": {
+                "lsn": 5000 + row_id,
+                "txId": row_id,
+                "ts_ms": 1,
+                "table": "tracking_events",
+            },
+            "ts_ms": 1,
+        }
+    ).encode()
+
+
+async def test_tracking_updates_are_mirrored_once_even_when_redelivered(
+    env: Any, kafka_broker: str
+) -> None:
+    settings, ctx, _, producer = env
+    from ordercache.agents.tracking import build_mirror, mirror_hook
+
+    mirror = build_mirror(ctx)
+    order_id = 600_000_000 + (hash(unique()) % 1_000_000)
+    stream = mirror.layout.order_stream(order_id)
+    # the module's pipeline has no mirror hook: run one that has, as the worker does
+    own = settings.model_copy(update={"app_id": unique("oc-")})
+    octx = AppContext.build(own)
+    first = build_pipeline(octx, [kafka_broker], hooks=[mirror_hook(build_mirror(octx))])
+    await first.start()
+    try:
+        for i, status in enumerate(("in_transit", "out_for_delivery", "delivered"), start=1):
+            await producer.send_raw(
+                settings.topic_tracking,
+                str(order_id).encode(),
+                tracking_envelope(i, order_id, status),
+            )
+        # a bad tracking update (status with a control character) goes to the DLQ
+        await producer.send_raw(
+            settings.topic_tracking,
+            str(order_id).encode(),
+            tracking_envelope(9, order_id, "bad\x00"),
+        )
+
+        async def mirrored() -> bool:
+            return await ctx.redis.client.xlen(stream) == 3
+
+        await eventually(mirrored)
+    finally:
+        await first.stop()
+        await octx.aclose()
+    # Kafka redelivers everything to a new consumer group: nothing is added twice
+    again = settings.model_copy(update={"app_id": unique("oc-")})
+    actx = AppContext.build(again)
+    replay = build_pipeline(actx, [kafka_broker], hooks=[mirror_hook(build_mirror(actx))])
+    await replay.start()
+    try:
+
+        async def replayed() -> bool:
+            return (
+                replay.metrics.events.labels(settings.topic_tracking, "applied")._value.get() >= 3
+            )
+
+        await eventually(replayed)
+    finally:
+        await replay.stop()
+        await actx.aclose()
+    entries = await ctx.redis.client.xrange(stream)
+    assert [e[1][b"status"] for e in entries] == [b"in_transit", b"out_for_delivery", b"delivered"]

@@ -13,9 +13,11 @@ from ordercache.agents.decode import DecodeConfig, decode
 from ordercache.agents.dlq import dead_letter
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.pipeline import ChangePipeline, PipelineConfig
-from ordercache.agents.plan import plan
+from ordercache.agents.plan import plan, tracking_update
 from ordercache.app.context import AppContext
+from ordercache.app.errors import DecodeError, OrderCacheError
 from ordercache.models.events import Tombstone
+from ordercache.streams import TrackingRecord
 
 
 def build_dead_letter(r: Rejected) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
@@ -40,6 +42,29 @@ def is_tombstone(event: Any) -> bool:
     return isinstance(event, Tombstone)
 
 
+def plan_checked(event: Any) -> list[Any]:
+    """:func:`plan`, plus the tracking mirror's own checks, so that an update the
+    mirror would refuse goes to the DLQ with its reason instead of stalling a batch."""
+    update = tracking_update(event)
+    if update is not None:
+        try:
+            TrackingRecord(
+                event_id=update.event_id,
+                order_id=update.order_id,
+                status=update.status,
+                location=update.location,
+                carrier=update.carrier,
+                occurred_at=update.occurred_at,
+                shipment_id=update.shipment_id,
+                topic="check",
+                partition=0,
+                offset=0,
+            )
+        except (ValueError, OrderCacheError) as exc:
+            raise DecodeError("schema_mismatch", f"tracking update: {exc}") from exc
+    return plan(event)
+
+
 def build_pipeline(ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> ChangePipeline:
     """The change pipeline for ``ctx`` (also used by tests and benchmarks)."""
     s = ctx.settings
@@ -57,7 +82,7 @@ def build_pipeline(ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> Chan
         ctx.cache,
         PipelineMetrics.create(ctx.registry),
         decode=functools.partial(decode, config=dconf),
-        plan=plan,
+        plan=plan_checked,
         is_tombstone=is_tombstone,
         dead_letter=build_dead_letter,
         hooks=hooks,
@@ -66,7 +91,12 @@ def build_pipeline(ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> Chan
 
 
 def register(app: faust.App, ctx: AppContext) -> None:
-    """Start the change pipeline with the app."""
-    pipeline = build_pipeline(ctx, ctx.extras["kafka_bootstrap"])
+    """Start the change pipeline (with the tracking mirror) with the app."""
+    from ordercache.agents.tracking import StreamGauges, build_mirror, mirror_hook
+
+    mirror = build_mirror(ctx)
+    pipeline = build_pipeline(ctx, ctx.extras["kafka_bootstrap"], hooks=[mirror_hook(mirror)])
     app.add_dependency(pipeline)
+    app.add_dependency(StreamGauges(ctx, mirror))
     ctx.extras["pipeline"] = pipeline
+    ctx.extras["mirror"] = mirror

@@ -49,7 +49,7 @@ from ordercache.agents.batch import (
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.app.cache.ops import CacheOp
 from ordercache.app.cache.service import CacheService
-from ordercache.app.errors import CacheError
+from ordercache.app.errors import OrderCacheError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,16 @@ class ChangePipeline(mode.Service):
             if not batches:
                 continue
             records = [r for recs in batches.values() for r in recs]
-            if not await self.process(records):
+            try:
+                applied = await self.process(records)
+            except Exception:
+                # A bug, not bad input (that goes to the DLQ): keep the offsets where
+                # they are and read the batch again from the last commit.
+                log.exception("batch failed unexpectedly; re-reading it from the last commit")
+                await self._rewind(consumer, batches)
+                await self.sleep(1.0)
+                continue
+            if not applied:
                 return  # stopping: nothing committed past what applied
             await self._commit(consumer, batches)
             self._update_consumer_lag(consumer, batches)
@@ -200,8 +209,8 @@ class ChangePipeline(mode.Service):
             try:
                 await fn()
                 return True
-            except (CacheError, KafkaError) as exc:
-                if isinstance(exc, CacheError) and not exc.retriable:
+            except (OrderCacheError, KafkaError) as exc:
+                if isinstance(exc, OrderCacheError) and not exc.retriable:
                     raise
                 attempt += 1
                 self.metrics.retries.inc()
@@ -229,6 +238,11 @@ class ChangePipeline(mode.Service):
                 r.record.topic, r.record.partition, r.record.offset, r.reason,
             )  # fmt: skip
         await asyncio.gather(*futures)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
+        for tp, recs in batches.items():
+            if recs:
+                consumer.seek(tp, recs[0].offset)
 
     async def _commit(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items() if recs}

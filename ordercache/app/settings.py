@@ -225,6 +225,30 @@ class Settings(BaseSettings):
     )
     breaker_reset_seconds: PositiveSeconds = Field(2.0, description="Open time before a probe.")
 
+    # --- Redis Streams (tracking mirror and consumer groups) ----------------------
+    stream_shards: Annotated[int, Field(ge=1, le=1024)] = Field(
+        4, description="Global tracking stream shards (orders map to order_id % shards)."
+    )
+    stream_maxlen: Annotated[int, Field(ge=0)] = Field(
+        100_000, description="Approximate cap of each global shard stream (MAXLEN ~; 0 = none)."
+    )
+    stream_max_age: Annotated[int, Field(ge=0)] = Field(
+        86_400, description="Age cap of the global streams, seconds (MINID ~; 0 = none)."
+    )
+    stream_order_maxlen: PositiveInt = Field(100, description="Cap of each per-order stream.")
+    stream_order_ttl: PositiveInt = Field(
+        259_200, description="Idle seconds after which a per-order stream expires."
+    )
+    stream_dedupe_window: Annotated[int, Field(ge=0)] = Field(
+        600, description="Seconds a mirrored event id is remembered (same event, new offset)."
+    )
+    stream_max_deliveries: PositiveInt = Field(
+        5, description="Deliveries after which a consumer-group entry is dead-lettered."
+    )
+    stream_claim_idle: PositiveSeconds = Field(
+        30.0, description="Seconds a pending entry may idle before another consumer claims it."
+    )
+
     # --- web / local default -----------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: Port = Field(6066, description="Port of the Faust web server.")
