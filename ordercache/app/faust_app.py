@@ -70,6 +70,8 @@ def create_app(
         producer_linger=0.005,
         autodiscover=False,
         web_enabled=True,
+        # Faust's built-in /table pages would serve table contents: not ours to expose.
+        web_tables_enabled=False,
         logging_config=None,
     )
     app.ctx = ctx  # type: ignore[attr-defined]
@@ -79,6 +81,11 @@ def create_app(
 
     commands.register(app, ctx)
     _register_optional(app, ctx)
+    if ctx.extras.get("local_default"):
+        from ordercache.app.local_traffic import LocalTraffic
+
+        # Last, so the pipeline has created the topics the sample traffic goes to.
+        app.add_dependency(LocalTraffic(ctx, ctx.extras["kafka_bootstrap"]))
     return app
 
 

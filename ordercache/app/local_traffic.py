@@ -1,0 +1,67 @@
+"""The local default's sample data and traffic.
+
+When the worker runs on the embedded local default (no broker, Redis or database
+configured), this service creates the SQLite schema, seeds a small dataset on the
+first start, and then drives order lifecycles at ``ORDERCACHE_SIMULATE_RATE`` events
+per second through the bundled broker, so the pipeline, the streams and the read
+API have something to show. Production never runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import mode
+from sqlalchemy import func, select
+
+from ordercache.app.context import AppContext
+from ordercache.app.db import create_schema
+from ordercache.app.producer import ChangeEventProducer, Topics
+from ordercache.app.seed import SeedSpec, run_seed
+from ordercache.app.simulate import Simulator
+from ordercache.models.orm import Order
+
+log = logging.getLogger(__name__)
+
+
+class LocalTraffic(mode.Service):
+    """Seed once, then simulate; stops with the worker."""
+
+    def __init__(self, ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ctx = ctx
+        self.bootstrap = bootstrap
+        self._producer: ChangeEventProducer | None = None
+
+    async def on_start(self) -> None:
+        await create_schema(self.ctx.engine)
+        async with self.ctx.sessions() as session:
+            orders = int(
+                (await session.execute(select(func.count()).select_from(Order))).scalar_one()
+            )
+        wanted = self.ctx.settings.local_seed_orders
+        if orders == 0 and wanted > 0:
+            spec = SeedSpec(
+                customers=max(20, wanted // 20),
+                products=max(20, min(500, wanted // 10)),
+                orders=wanted,
+            )
+            report = await run_seed(self.ctx.engine, spec)
+            log.info("local default: %s", report.summary())
+        if self.ctx.settings.simulate_rate > 0:
+            self.add_future(self._simulate())
+
+    async def _simulate(self) -> None:
+        rate = self.ctx.settings.simulate_rate
+        producer = ChangeEventProducer(self.bootstrap, Topics.from_settings(self.ctx.settings))
+        self._producer = producer
+        await producer.start()
+        sim = Simulator(self.ctx.sessions, producer, rate if rate > 0 else math.inf)
+        log.info("local default: sample traffic at %.0f events/s", rate)
+        await sim.run(duration=None)
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
