@@ -408,3 +408,64 @@ async def test_tracking_updates_are_mirrored_once_even_when_redelivered(
         await actx.aclose()
     entries = await ctx.redis.client.xrange(stream)
     assert [e[1][b"status"] for e in entries] == [b"in_transit", b"out_for_delivery", b"delivered"]
+
+
+async def test_recent_invalidations_are_reapplied_after_a_redis_failover(
+    env: Any, kafka_broker: str, private_redis: ManagedProcess
+) -> None:
+    """A new Redis identity (restart or failover) gets the recent operations again:
+    a replica promoted without the newest writes must not keep their stale entries."""
+    settings, _, _, producer = env
+    own = settings.model_copy(
+        update={"redis_url": SecretStr(f"redis://{private_redis.url}/0"), "app_id": unique("oc-")}
+    )
+    ctx = AppContext.build(own)
+    pipeline = build_pipeline(ctx, [kafka_broker])
+    await pipeline.start()
+    restarted: ManagedProcess | None = None
+    try:
+        base = 500_000_000 + (hash(unique()) % 1_000_000)
+        pids = [base + i for i in range(5)]
+        for pid in pids:  # entries cached at version 1 ...
+            await ctx.cache.set(INVENTORY, inventory_view(pid, 1))
+        for pid in pids:  # ... invalidated by version-2 events
+            await producer.send_raw(
+                settings.topic_inventory, str(pid).encode(), inventory_envelope(pid, 2, 5, sku=None)
+            )
+
+        async def invalidated() -> bool:
+            return not await ctx.cache.get_many(INVENTORY, pids)
+
+        await eventually(invalidated)
+        # let the watcher see the current server's identity first (it checks every 2 s)
+        await asyncio.sleep(pipeline.config.failover_check_interval + 0.5)
+        # Failover: a new server (new run_id) that still holds the old entries, as a
+        # replica that missed the last writes would.
+        private_redis.kill()
+        restarted = start_redis_server(port=private_redis.port)
+        stale = aioredis.Redis.from_url(f"redis://{private_redis.url}/0")
+        for pid in pids:
+            await stale.set(
+                ctx.keys.entry(View.INVENTORY, pid), INVENTORY.encode(inventory_view(pid, 1))
+            )
+        await stale.aclose()
+
+        async def reapplied() -> bool:
+            return pipeline.metrics.reapplied._value.get() >= len(pids) and not (
+                await ctx.cache.get_many(INVENTORY, pids)
+            )
+
+        await eventually(reapplied)
+    finally:
+        await pipeline.stop()
+        await ctx.aclose()
+        if restarted is not None:
+            restarted.cleanup()
+
+
+def inventory_view(pid: int, version: int) -> Any:
+    from ordercache.models.views import ProductInventory
+
+    return ProductInventory(
+        product_id=pid, sku="S", available=1, reserved=0, version=version, updated_at=NOW
+    )

@@ -160,3 +160,38 @@ async def test_notifier_process_end_to_end(redis_raw: aioredis.Redis, key_prefix
             proc.wait(10)
     assert proc.returncode == 0
     assert "order 77 is out for delivery" in err.decode()
+
+
+async def test_tail_command_prints_an_orders_updates(
+    redis_raw: aioredis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    """``ordercache tail ORDER_ID`` — the console command, as an operator runs it."""
+    keys = KeySpace(key_prefix)
+    mirror = StreamMirror(redis_raw, keys, MirrorConfig(shards=3))
+    await mirror.mirror([rec(0, 41, "in_transit"), rec(1, 42), rec(2, 41, "out_for_delivery")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCACHE_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        ORDERCACHE_REDIS_URL=REDIS_URL,
+        ORDERCACHE_REDIS_KEY_PREFIX=key_prefix,
+        ORDERCACHE_STREAM_SHARDS="3",
+        ORDERCACHE_KAFKA_BROKER="127.0.0.1:9",
+        ORDERCACHE_DATA_DIR=str(tmp_path),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ordercache.app.main", "tail", "41", "--from-start", "--count", "2",
+        env=env, cwd=str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines = [ln for ln in out.decode().splitlines() if "order 41" in ln]
+    assert len(lines) == 2
+    assert "in_transit" in lines[0] and "out_for_delivery" in lines[1]
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ordercache.app.main", "tail", "4x1", env=env, cwd=str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(bad.communicate(), 60)
+    assert bad.returncode != 0
+    assert b"decimal digits" in err

@@ -136,10 +136,15 @@ class ChangePipeline(mode.Service):
         self.add_future(self._watch_failover())
 
     async def on_stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        # Each client is closed even if the other fails to (a dead broker makes
+        # aiokafka's stop raise); nothing uncommitted is lost either way.
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
+            try:
+                await client.stop()
+            except KafkaError as exc:
+                log.warning("closing a Kafka client failed: %s", exc)
 
     # ------------------------------------------------------------------- loop
     async def _run(self) -> None:
@@ -283,7 +288,10 @@ class ChangePipeline(mode.Service):
                 log.debug("failover check failed: %s", exc)
                 continue
             run_id = str(info.get("run_id", "")).encode()
-            if self._run_id is not None and run_id != self._run_id:
+            # The first identity seen counts as a change when operations were applied
+            # before it (they may have gone to a server that is gone now); re-applying
+            # is idempotent, so erring this way is cheap.
+            if run_id != self._run_id and (self._run_id is not None or self._recent):
                 await self.reapply_recent()
             self._run_id = run_id
 

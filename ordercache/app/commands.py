@@ -11,7 +11,7 @@ from ordercache.app.context import AppContext
 
 def register(app: faust.App, ctx: AppContext) -> None:
     """Attach the project's commands to the Faust CLI."""
-    from faust.cli import option
+    from faust.cli import argument, option
 
     @app.command(
         option("--customers", type=int, default=2000, help="Customers to create."),
@@ -92,3 +92,34 @@ def register(app: faust.App, ctx: AppContext) -> None:
         finally:
             await ctx.aclose()
         self.say(result.summary())
+
+    @app.command(
+        argument("order_id"),
+        option("--from-start", is_flag=True, default=False, help="Replay the retained history."),
+        option("--count", type=int, default=None, help="Stop after this many entries."),
+    )
+    async def tail(self: Any, order_id: str, from_start: bool, count: int | None) -> None:
+        """Follow one order's tracking updates live (XREAD BLOCK on its stream)."""
+        from ordercache.app.errors import InvalidIdError
+        from ordercache.app.keys import validate_id
+        from ordercache.streams import format_entry
+        from ordercache.streams import tail as tail_stream
+
+        try:
+            oid = validate_id(order_id)
+        except InvalidIdError as exc:
+            raise SystemExit(f"ordercache tail: {exc}") from None
+        try:
+            async for entry in tail_stream(
+                ctx.redis.client,
+                ctx.keys,
+                oid,
+                shards=ctx.settings.stream_shards,
+                from_id="0" if from_start else "$",
+                count=count,
+                # stay below the socket timeout, or a quiet stream reads as an error
+                block_ms=max(100, int(ctx.settings.redis_read_timeout * 1000) - 100),
+            ):
+                self.say(format_entry(entry))
+        finally:
+            await ctx.aclose()

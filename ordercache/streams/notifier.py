@@ -22,7 +22,7 @@ from ordercache.app.errors import ConfigError, DecodeError
 from ordercache.app.keys import KeySpace
 from ordercache.app.redis_conn import AnyRedis, create_redis
 from ordercache.app.settings import Settings, load_settings
-from ordercache.streams.config import ConsumerConfig, MirrorConfig
+from ordercache.streams.config import ConsumerConfig
 from ordercache.streams.consumer import RejectEntry, StreamConsumer, StreamMessage
 from ordercache.streams.entry import TrackingEntry
 from ordercache.streams.layout import StreamLayout
@@ -119,9 +119,13 @@ def _blocking_settings(settings: Settings, block_ms: int) -> Settings:
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """Run the notifier until SIGINT or SIGTERM."""
-    config = ConsumerConfig(start_id="0" if args.from_start else "$")
+    config = ConsumerConfig(
+        start_id="0" if args.from_start else "$",
+        max_deliveries=settings.stream_max_deliveries,
+        claim_idle_ms=int(settings.stream_claim_idle * 1000),
+    )
     handle = create_redis(_blocking_settings(settings, config.block_ms))
-    layout = StreamLayout(KeySpace(settings.redis_key_prefix), MirrorConfig().shards)
+    layout = StreamLayout(KeySpace(settings.redis_key_prefix), settings.stream_shards)
     notifier = Notifier(
         handle.client,
         layout,

@@ -81,4 +81,6 @@ class CacheMetrics:
                 m.fills_rejected.labels(view.value, reason)
             for kind in ("singleflight", "lease"):
                 m.stampede_waits.labels(view.value, kind)
+            for op in OPS:
+                m.errors.labels(view.value, op)
         return m
