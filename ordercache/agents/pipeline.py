@@ -115,6 +115,7 @@ class ChangePipeline(mode.Service):
     async def on_start(self) -> None:
         c = self.config
         await ensure_topics(c.bootstrap, [*c.topics, c.dlq_topic], c.partitions)
+        self._run_id = await self._redis_identity()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=c.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
         )
@@ -278,16 +279,22 @@ class ChangePipeline(mode.Service):
         while recent and recent[0][0] < horizon:
             recent.popleft()
 
+    async def _redis_identity(self) -> bytes | None:
+        """The server's ``run_id`` (changes on restart and failover); None if unreachable."""
+        try:
+            info = await self.cache.backend.client.info("server")
+        except Exception as exc:  # noqa: BLE001 - any failure here means "try later"
+            log.debug("Redis identity not read: %s", exc)
+            return None
+        return str(info.get("run_id", "")).encode()
+
     async def _watch_failover(self) -> None:
         """Re-apply recent operations when Redis's identity changes (restart/failover)."""
         while not self.should_stop:
             await self.sleep(self.config.failover_check_interval)
-            try:
-                info = await self.cache.backend.client.info("server")
-            except Exception as exc:  # noqa: BLE001 - any failure here means "try later"
-                log.debug("failover check failed: %s", exc)
+            run_id = await self._redis_identity()
+            if run_id is None:
                 continue
-            run_id = str(info.get("run_id", "")).encode()
             # The first identity seen counts as a change when operations were applied
             # before it (they may have gone to a server that is gone now); re-applying
             # is idempotent, so erring this way is cheap.

@@ -9,6 +9,8 @@ API have something to show. Production never runs it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from typing import Any
@@ -34,6 +36,7 @@ class LocalTraffic(mode.Service):
         self.ctx = ctx
         self.bootstrap = bootstrap
         self._producer: ChangeEventProducer | None = None
+        self._task: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
         await create_schema(self.ctx.engine)
@@ -51,7 +54,7 @@ class LocalTraffic(mode.Service):
             report = await run_seed(self.ctx.engine, spec)
             log.info("local default: %s", report.summary())
         if self.ctx.settings.simulate_rate > 0:
-            self.add_future(self._simulate())
+            self._task = self.add_future(self._simulate())
 
     async def _simulate(self) -> None:
         rate = self.ctx.settings.simulate_rate
@@ -63,5 +66,10 @@ class LocalTraffic(mode.Service):
         await sim.run(duration=None)
 
     async def on_stop(self) -> None:
+        # Stop the traffic before its producer, or it would send into a closed client.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._producer is not None:
             await self._producer.stop()
