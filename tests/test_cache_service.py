@@ -363,3 +363,10 @@ async def test_corrupt_entry_is_a_miss(cache: CacheService, redis_raw: aioredis.
 
     assert (await cache.get_or_load(ORDER, 5, loader)).status == "miss"
     assert calls == 1
+    # the corrupt entry was replaced (here by a cached "not found"), even with a guard
+    await cache.invalidate(View.ORDER, 6)
+    await redis_raw.set(cache.keys.entry(View.ORDER, 6), b"v1|{not json")
+    assert (await cache.get_or_load(ORDER, 6, loader)).status == "miss"
+    again = await cache.get_or_load(ORDER, 6, loader)
+    assert again.status == "hit" and again.value is None
+    assert calls == 2

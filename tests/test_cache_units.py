@@ -143,6 +143,17 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens() -> None:
     assert b.state is BreakerState.CLOSED and not b.degraded and b.allow()
 
 
+def test_breaker_probe_that_never_reports_expires() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=1, reset_seconds=1.0, clock=clock)
+    b.failure()
+    clock.now = 1.5
+    assert b.allow()  # the probe's caller is then cancelled: no success, no failure
+    assert not b.allow()
+    clock.now = 2.6
+    assert b.allow()  # a new probe after one reset period
+
+
 # ------------------------------------------------------------------ single-flight
 async def test_singleflight_shares_result_and_exception() -> None:
     sf: SingleFlight[int] = SingleFlight()
@@ -169,6 +180,28 @@ async def test_singleflight_shares_result_and_exception() -> None:
 
     outcomes = await asyncio.gather(*(sf.do("e", boom) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+
+async def test_singleflight_cancelled_leader_does_not_cancel_waiters() -> None:
+    sf: SingleFlight[int] = SingleFlight()
+    started = asyncio.Event()
+    calls = 0
+
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await asyncio.sleep(0.05)
+        return 7
+
+    leader = asyncio.create_task(sf.do("k", slow))
+    await started.wait()
+    waiters = [asyncio.create_task(sf.do("k", slow)) for _ in range(3)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    results = await asyncio.gather(*waiters)
+    assert [r for r, _ in results] == [7, 7, 7]
+    assert calls == 2  # one waiter took over the load; the others shared it
 
 
 # ------------------------------------------------------------------ batch planning

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -36,6 +37,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from redis.asyncio.cluster import RedisCluster
 
 from ordercache.agents.batch import (
     Backoff,
@@ -52,6 +54,9 @@ from ordercache.app.cache.service import CacheService
 from ordercache.app.errors import OrderCacheError
 
 log = logging.getLogger(__name__)
+
+#: Operations per pipeline when re-applying after a failover.
+REAPPLY_CHUNK = 2000
 
 DeadLetterBuilder = Callable[[Rejected], tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
 #: Side effect run after the cache ops of a batch applied (e.g. the tracking mirror).
@@ -281,12 +286,18 @@ class ChangePipeline(mode.Service):
 
     async def _redis_identity(self) -> bytes | None:
         """The server's ``run_id`` (changes on restart and failover); None if unreachable."""
+        client = self.cache.backend.client
         try:
-            info = await self.cache.backend.client.info("server")
+            if isinstance(client, RedisCluster):
+                # every primary: a failover of any one of them must be noticed
+                replies = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
+                infos = list(replies.values()) if _per_node(replies) else [replies]
+            else:
+                infos = [await client.info("server")]
         except Exception as exc:  # noqa: BLE001 - any failure here means "try later"
             log.debug("Redis identity not read: %s", exc)
             return None
-        return str(info.get("run_id", "")).encode()
+        return ",".join(sorted(str(i.get("run_id", "")) for i in infos)).encode()
 
     async def _watch_failover(self) -> None:
         """Re-apply recent operations when Redis's identity changes (restart/failover)."""
@@ -303,13 +314,24 @@ class ChangePipeline(mode.Service):
             self._run_id = run_id
 
     async def reapply_recent(self) -> int:
-        """Apply the remembered recent operations again; returns how many."""
+        """Apply the operations of the last ``reapply_window`` seconds again, in chunks
+        (one pipeline each, retried like a batch); returns how many."""
+        horizon = time.monotonic() - self.config.reapply_window
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
         ops = [op for _, op in self._recent]
         if ops:
             log.warning("Redis changed identity: re-applying %d recent cache operations", len(ops))
-            await self._retrying(lambda: self.cache.apply(ops))
-            self.metrics.reapplied.inc(len(ops))
+            for start in range(0, len(ops), REAPPLY_CHUNK):
+                chunk = ops[start : start + REAPPLY_CHUNK]
+                if not await self._retrying(functools.partial(self.cache.apply, chunk)):
+                    return start  # stopping
+                self.metrics.reapplied.inc(len(chunk))
         return len(ops)
+
+
+def _per_node(replies: Any) -> bool:
+    return isinstance(replies, dict) and all(isinstance(v, dict) for v in replies.values())
 
 
 async def ensure_topics(bootstrap: list[str], topics: Sequence[str], partitions: int) -> None:

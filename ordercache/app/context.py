@@ -57,7 +57,11 @@ class AppContext:
             CacheMetrics.create(reg),
             timeout=max(settings.redis_read_timeout, settings.redis_write_timeout),
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds),
-            config=CacheConfig(lease_ms=settings.lease_ttl_ms),
+            # A load slower than half the tombstone's life is not filled: the guard
+            # it was checked against may have expired meanwhile.
+            config=CacheConfig(
+                lease_ms=settings.lease_ttl_ms, max_fill_age=min(60.0, settings.tombstone_ttl / 2)
+            ),
         )
         return cls(
             settings=settings,

@@ -27,10 +27,6 @@ class CacheError(OrderCacheError):
     retriable = True
 
 
-class CacheUnavailableError(CacheError):
-    """The circuit breaker is open: Redis is treated as down for now."""
-
-
 class CacheTimeoutError(CacheError):
     """A Redis call exceeded its time budget."""
 
@@ -42,7 +38,3 @@ class DecodeError(OrderCacheError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-class NotFoundError(OrderCacheError):
-    """The requested entity does not exist in the system of record."""

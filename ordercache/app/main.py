@@ -98,8 +98,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ConfigError, TimeoutError, OSError) as exc:
             print(f"ordercache: cannot start the local default: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-    elif settings.kafka_broker is None:
-        broker_url = "kafka://127.0.0.1:9092"
+    else:
+        # Other commands (seed, migrate, simulate, tail, --help) start nothing: with no
+        # broker or Redis configured they use the conventional local addresses, which
+        # only the commands that talk to them (simulate, tail) will ever dial.
+        if settings.kafka_broker is None:
+            broker_url = "kafka://127.0.0.1:9092"
+        if settings.redis_is_local:
+            redis_url = "redis://127.0.0.1:6379/0"
 
     try:
         ctx = AppContext.build(settings, redis_url=redis_url)

@@ -34,6 +34,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._state = BreakerState.CLOSED
         self._probe_in_flight = False
+        self._probe_started = 0.0
 
     @property
     def state(self) -> BreakerState:
@@ -53,9 +54,14 @@ class CircuitBreaker:
         """May the caller use Redis now? In half-open state, one caller at a time."""
         if self._state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
+        if self.state is BreakerState.HALF_OPEN:
+            now = self._clock()
+            # A probe that never reported (its caller was cancelled) expires after
+            # one reset period, so the breaker cannot stay half-open forever.
+            if not self._probe_in_flight or now - self._probe_started >= self.reset_seconds:
+                self._probe_in_flight = True
+                self._probe_started = now
+                return True
         return False
 
     def success(self) -> None:

@@ -240,15 +240,22 @@ class CacheService:
         except CacheError as exc:
             self._failed(view, "acquire", exc)
             return await self._bypass(spec, eid, loader)
+        corrupt = False
         if raw is not None:
             try:
                 value = spec.decode(raw)
             except CorruptEntryError:
-                pass
+                # Drop it (its version prefix cannot be trusted either) and replace it
+                # with a fill below, without waiting for anyone else.
+                corrupt = True
+                try:
+                    await self.backend.delete(keys[0])
+                except CacheError as exc:
+                    self._failed(view, "delete", exc)
             else:
-                self._req[(view, "hit")].inc()
+                self._req[(view, "hit" if value is not None else "negative_hit")].inc()
                 return CacheResult(value, "hit")
-        if not leased:
+        if not leased and not corrupt:
             waited = await self._wait_for_fill(spec, keys[0])
             if waited is not None:
                 self.metrics.stampede_waits.labels(view.value, "lease").inc()

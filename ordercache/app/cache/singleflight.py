@@ -11,7 +11,8 @@ R = TypeVar("R")
 
 class SingleFlight(Generic[R]):
     """``await sf.do(key, fn)`` runs ``fn`` once per key at a time; the others wait for
-    its result (or its exception). Cancelling a waiter does not cancel the shared load."""
+    its result (or its exception). Cancelling a waiter does not cancel the shared load;
+    cancelling the leader makes one of the waiters load instead."""
 
     def __init__(self) -> None:
         self._inflight: dict[str, asyncio.Future[R]] = {}
@@ -22,8 +23,15 @@ class SingleFlight(Generic[R]):
     async def do(self, key: str, fn: Callable[[], Awaitable[R]]) -> tuple[R, bool]:
         """Return ``(result, shared)``; ``shared`` is True for callers that waited."""
         fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut), True
+        while fut is not None:
+            try:
+                return await asyncio.shield(fut), True
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not fut.cancelled() or (task is not None and task.cancelling()):
+                    raise  # we were cancelled ourselves
+                # The leader was cancelled, not us: take over (or join the next load).
+                fut = self._inflight.get(key)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
