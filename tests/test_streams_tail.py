@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from ordercache.app.errors import InvalidIdError
 from ordercache.app.keys import KeySpace
+from ordercache.app.local import free_port
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
 from ordercache.streams.entry import StreamEntry, TrackingRecord
 from ordercache.streams.layout import StreamLayout, dead_letter_key
@@ -133,8 +135,18 @@ async def test_notifier_process_end_to_end(redis_raw: aioredis.Redis, key_prefix
     }
     mirror = StreamMirror(redis_raw, KeySpace(key_prefix), MirrorConfig())
     await mirror.mirror([rec(0, 77, "out_for_delivery")])
+    metrics_port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ordercache.streams.notifier", "--from-start", "--consumer", "e2e"],
+        [
+            sys.executable,
+            "-m",
+            "ordercache.streams.notifier",
+            "--from-start",
+            "--consumer",
+            "e2e",
+            "--metrics-port",
+            str(metrics_port),
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -152,6 +164,15 @@ async def test_notifier_process_end_to_end(redis_raw: aioredis.Redis, key_prefix
             assert proc.poll() is None, "notifier exited early"
             assert asyncio.get_running_loop().time() < deadline, "notifier did not consume"
             await asyncio.sleep(0.1)
+        # the consumer's own metrics are served for Prometheus (dead-letter alerts etc.)
+        text = ""
+        async with aiohttp.ClientSession() as http:
+            while "ordercache_stream_length{" not in text:  # gauges refresh every few s
+                assert asyncio.get_running_loop().time() < deadline + 30, text
+                await asyncio.sleep(0.5)
+                async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                    text = await resp.text()
+        assert "# TYPE ordercache_stream_dead_letters_total counter" in text
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

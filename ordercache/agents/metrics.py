@@ -24,7 +24,7 @@ class PipelineMetrics:
         return cls(
             events=Counter(
                 "ordercache_events",
-                "Change events by topic and outcome (applied, stale, dlq, tombstone).",
+                "Change events by topic and outcome (applied, dlq, tombstone).",
                 ["topic", "outcome"],
                 registry=registry,
             ),

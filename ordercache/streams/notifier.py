@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
 from ordercache.app.errors import ConfigError, DecodeError
 from ordercache.app.keys import KeySpace
@@ -103,6 +103,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="A new group starts at the oldest retained entry instead of new ones only.",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="Serve the consumer's Prometheus metrics (dead letters, claims, lag, pending) "
+        "on this port (default: off).",
+    )
     return parser.parse_args(argv)
 
 
@@ -119,6 +126,7 @@ def _blocking_settings(settings: Settings, block_ms: int) -> Settings:
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """Run the notifier until SIGINT or SIGTERM."""
+    registry = CollectorRegistry()
     config = ConsumerConfig(
         start_id="0" if args.from_start else "$",
         max_deliveries=settings.stream_max_deliveries,
@@ -132,8 +140,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
         group=args.group,
         consumer_name=args.consumer,
         config=config,
-        metrics=StreamMetrics.for_registry(CollectorRegistry()),
+        metrics=StreamMetrics.for_registry(registry),
     )
+    if args.metrics_port:
+        # prometheus-client's own exporter (a daemon thread), scraped like the worker
+        start_http_server(args.metrics_port, addr=settings.web_host, registry=registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
