@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ def unique(prefix: str = "t") -> str:
 
 
 # --------------------------------------------------------------------------- Postgres
+@asynccontextmanager
+async def scratch_pg_database(prefix: str) -> AsyncIterator[str]:
+    """Create an empty PostgreSQL database, yield its SQLAlchemy URL, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def pg_url() -> AsyncIterator[str]:
     """SQLAlchemy URL of a fresh PostgreSQL database for this test session."""
@@ -47,19 +68,24 @@ async def pg_url() -> AsyncIterator[str]:
     if given:
         yield given
         return
-    name = f"oc_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_pg_database(f"oc_test_{os.getpid()}") as url:
+        yield url
+
+
+@pytest.fixture
+async def fresh_pg_url() -> AsyncIterator[str]:
+    """An empty PostgreSQL database of the test's own (migrations and seeds need a blank
+    slate: no neighbours' rows)."""
+    async with scratch_pg_database("oc_blank") as url:
+        yield url
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+def empty_db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """An empty database on each backend."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("fresh_pg_url"))
+    return sqlite_url
 
 
 @pytest.fixture(scope="session")

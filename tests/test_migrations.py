@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import uuid
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -18,35 +14,7 @@ from ordercache.app.db import create_engine, create_schema
 from ordercache.app.migrate import MigrationError
 from ordercache.models.orm import Base
 
-PG_ADMIN_URL = os.environ.get(
-    "ORDERCACHE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 ORM_TABLES = set(Base.metadata.tables)
-
-
-@pytest.fixture
-async def fresh_pg_url() -> AsyncIterator[str]:
-    """An empty PostgreSQL database of its own (migrations need a blank slate)."""
-    name = f"oc_mig_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
-def empty_db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("fresh_pg_url"))
-    return sqlite_url
 
 
 async def _state(url: str) -> tuple[set[str], list[object], str | None]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import uuid
@@ -11,7 +10,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,9 +29,6 @@ from ordercache.app.seed_timeline import (
 )
 from ordercache.models.orm import Customer, Order, OrderItem, Product
 
-PG_ADMIN_URL = os.environ.get(
-    "ORDERCACHE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 UNTIL = datetime(2026, 6, 1, tzinfo=UTC)
 SMALL = SeedSpec(customers=30, products=40, orders=400, items_per_order=3.0, seed=7, until=UNTIL)
 
@@ -242,31 +237,6 @@ def test_report_summary() -> None:
 
 
 # --------------------------------------------------------------------------- on the databases
-@pytest.fixture
-async def fresh_pg_url() -> AsyncIterator[str]:
-    """An empty PostgreSQL database of its own (seeds count rows: no neighbours)."""
-    name = f"oc_seed_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
-def empty_db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("fresh_pg_url"))
-    return sqlite_url
-
-
 @pytest.fixture
 async def engine(empty_db_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_engine(empty_db_url, pool_size=2)

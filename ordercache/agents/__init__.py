@@ -14,10 +14,10 @@ from ordercache.agents.dlq import dead_letter
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.pipeline import ChangePipeline, PipelineConfig
 from ordercache.agents.plan import plan, tracking_update
+from ordercache.agents.tracking import record_of
 from ordercache.app.context import AppContext
 from ordercache.app.errors import DecodeError, OrderCacheError
 from ordercache.models.events import Tombstone
-from ordercache.streams import TrackingRecord
 
 
 def build_dead_letter(r: Rejected) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
@@ -48,18 +48,7 @@ def plan_checked(event: Any) -> list[Any]:
     update = tracking_update(event)
     if update is not None:
         try:
-            TrackingRecord(
-                event_id=update.event_id,
-                order_id=update.order_id,
-                status=update.status,
-                location=update.location,
-                carrier=update.carrier,
-                occurred_at=update.occurred_at,
-                shipment_id=update.shipment_id,
-                topic="check",
-                partition=0,
-                offset=0,
-            )
+            record_of(update, "check", 0, 0)
         except (ValueError, OrderCacheError) as exc:
             raise DecodeError("schema_mismatch", f"tracking update: {exc}") from exc
     return plan(event)

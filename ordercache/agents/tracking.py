@@ -19,6 +19,7 @@ from ordercache.agents.batch import BatchPlan
 from ordercache.agents.plan import tracking_update
 from ordercache.app.context import AppContext
 from ordercache.app.settings import Settings
+from ordercache.models.events import TrackingUpdate
 from ordercache.streams import (
     ConsumerConfig,
     MirrorConfig,
@@ -52,27 +53,29 @@ def consumer_config(s: Settings, **overrides: Any) -> ConsumerConfig:
     )
 
 
+def record_of(update: TrackingUpdate, topic: str, partition: int, offset: int) -> TrackingRecord:
+    """The mirror record of a tracking update read at a Kafka position (validates it)."""
+    return TrackingRecord(
+        event_id=update.event_id,
+        order_id=update.order_id,
+        status=update.status,
+        location=update.location,
+        carrier=update.carrier,
+        occurred_at=update.occurred_at,
+        shipment_id=update.shipment_id,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )
+
+
 def tracking_records(bp: BatchPlan) -> list[TrackingRecord]:
     """The batch's tracking events as mirror records, in batch (offset) order."""
     out: list[TrackingRecord] = []
     for rec, event in bp.events:
         update = tracking_update(event)
-        if update is None:
-            continue
-        out.append(
-            TrackingRecord(
-                event_id=update.event_id,
-                order_id=update.order_id,
-                status=update.status,
-                location=update.location,
-                carrier=update.carrier,
-                occurred_at=update.occurred_at,
-                shipment_id=update.shipment_id,
-                topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-            )
-        )
+        if update is not None:
+            out.append(record_of(update, rec.topic, rec.partition, rec.offset))
     return out
 
 
