@@ -5,36 +5,19 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import asyncpg
+from tests.pgtools import scratch_pg_database
 
-PG_ADMIN_URL = os.environ.get(
-    "ORDERCACHE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("ORDERCACHE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @asynccontextmanager
 async def scratch_database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
-    name = f"oc_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_pg_database("oc_bench") as url:
+        yield url
 
 
 async def throughput(fn: Callable[[], Awaitable[object]], n: int) -> float:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -29,6 +27,7 @@ from ordercache.app.context import AppContext
 from ordercache.app.db import create_schema
 from ordercache.app.local import ManagedProcess, start_redis_server, start_tansu
 from ordercache.app.settings import Settings, load_settings
+from tests.pgtools import scratch_pg_database
 
 REDIS_URL = os.environ.get("ORDERCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get(
@@ -41,26 +40,6 @@ def unique(prefix: str = "t") -> str:
 
 
 # --------------------------------------------------------------------------- Postgres
-@asynccontextmanager
-async def scratch_pg_database(prefix: str) -> AsyncIterator[str]:
-    """Create an empty PostgreSQL database, yield its SQLAlchemy URL, drop it afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 @pytest.fixture(scope="session")
 async def pg_url() -> AsyncIterator[str]:
     """SQLAlchemy URL of a fresh PostgreSQL database for this test session."""

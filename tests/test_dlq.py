@@ -19,9 +19,7 @@ from ordercache.agents.dlq import (
     DeadLetter,
     DlqRecord,
     dead_letter,
-    from_decode_error,
 )
-from ordercache.app.errors import DecodeError
 
 ORIGINAL_HEADERS = [
     ("id", b"evt-1"),
@@ -159,24 +157,27 @@ def test_reason_must_be_a_short_code(reason: str) -> None:
         )
 
 
-def test_from_decode_error() -> None:
+def test_decode_error_becomes_the_pipelines_dead_letter() -> None:
+    """The path the pipeline takes: decode fails, the batch rejects, the DLQ record keeps
+    the original bytes and carries the decode error's reason and detail."""
+    from types import SimpleNamespace
+
+    from ordercache.agents import build_dead_letter, is_tombstone
+    from ordercache.agents.batch import plan_batch
+    from ordercache.agents.plan import plan
+
     value = b'{"op":"x","after":{},"source":{"table":"orders"}}'
-    with pytest.raises(DecodeError) as info:
-        decode("orders.changes", b"11", value, [])
-    key, val, headers = from_decode_error(
-        info.value,
-        topic="orders.changes",
-        partition=1,
-        offset=7,
-        key=b"11",
-        value=value,
-        headers=[],
-        timestamp_ms=5,
-        now_ms=6,
-    )
+    rec = SimpleNamespace(
+        topic="orders.changes", partition=1, offset=7, timestamp=5, key=b"11", value=value,
+        headers=[("trace", b"t")],
+    )  # fmt: skip
+    bp = plan_batch([rec], decode, plan, is_tombstone)
+    [rejected] = bp.rejected
+    key, val, headers = build_dead_letter(rejected)
     assert (key, val) == (b"11", value)
     assert ours(headers)[H_REASON] == "unknown_op"
     assert "'x'" in ours(headers)[H_DETAIL]
+    assert ("trace", b"t") in headers
 
 
 def test_from_record_rejects_foreign_messages() -> None:

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ordercache.app.errors import DecodeError
-
 HEADER_PREFIX = "ordercache.dlq."
 H_REASON = HEADER_PREFIX + "reason"
 H_DETAIL = HEADER_PREFIX + "detail"
@@ -157,33 +155,6 @@ def dead_letter(
         attempts=previous + 1,
     )
     return letter.to_record()
-
-
-def from_decode_error(
-    exc: DecodeError,
-    *,
-    topic: str,
-    partition: int | None,
-    offset: int | None,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]],
-    timestamp_ms: int | None,
-    now_ms: int,
-) -> DlqRecord:
-    """:func:`dead_letter` with the reason and detail of a :class:`DecodeError`."""
-    return dead_letter(
-        exc.reason,
-        exc.detail,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key,
-        value=value,
-        headers=headers,
-        timestamp_ms=timestamp_ms,
-        now_ms=now_ms,
-    )
 
 
 def _clip(text: str) -> str:
