@@ -10,13 +10,16 @@ from contextlib import asynccontextmanager
 
 from tests.pgtools import scratch_pg_database
 
+PG_ADMIN_URL = os.environ.get(
+    "ORDERCACHE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("ORDERCACHE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @asynccontextmanager
 async def scratch_database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
-    async with scratch_pg_database("oc_bench") as url:
+    async with scratch_pg_database("oc_bench", PG_ADMIN_URL) as url:
         yield url
 
 

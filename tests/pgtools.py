@@ -15,19 +15,19 @@ PG_ADMIN_URL = os.environ.get(
 
 
 @asynccontextmanager
-async def scratch_pg_database(prefix: str) -> AsyncIterator[str]:
+async def scratch_pg_database(prefix: str, admin_url: str = PG_ADMIN_URL) -> AsyncIterator[str]:
     """Create an empty PostgreSQL database, yield its SQLAlchemy URL, drop it afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
+    admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
         yield f"{base}/{name}"
     finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
+        admin = await asyncpg.connect(admin_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
