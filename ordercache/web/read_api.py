@@ -29,7 +29,7 @@ from faust import web
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from ordercache.app.cache.codec import HISTORY, INVENTORY, ORDER
+from ordercache.app.cache.codec import HISTORY, INVENTORY, ORDER, ViewSpec
 from ordercache.app.cache.service import CacheService
 from ordercache.app.errors import InvalidIdError, OrderCacheError
 from ordercache.app.keys import View, validate_id
@@ -131,28 +131,24 @@ class ReadApi:
         self.loaders = loaders
 
     async def order(self, raw_id: str) -> Reply:
-        try:
-            eid = validate_id(raw_id)
-            result = await self.cache.get_or_load(ORDER, eid, self.loaders.order)
-        except InvalidIdError as exc:
-            return _error(400, "invalid id", detail=str(exc))
-        except DB_ERRORS as exc:
-            return self._db_down(View.ORDER, exc)
-        if result.value is None:
-            return Reply(404, orjson.dumps({"error": "order not found", "id": eid}), result.status)
-        return Reply(200, _model_json(result.value), result.status)
+        return await self._single(ORDER, self.loaders.order, raw_id, "order not found")
 
     async def inventory(self, raw_id: str) -> Reply:
+        return await self._single(
+            INVENTORY, self.loaders.inventory, raw_id, "product inventory not found"
+        )
+
+    async def _single(self, spec: ViewSpec[Any], loader: Any, raw_id: str, not_found: str) -> Reply:
+        """One view by id: 400 for a bad id, 404 for an unknown one, 503 if the DB fails."""
         try:
             eid = validate_id(raw_id)
-            result = await self.cache.get_or_load(INVENTORY, eid, self.loaders.inventory)
+            result = await self.cache.get_or_load(spec, eid, loader)
         except InvalidIdError as exc:
             return _error(400, "invalid id", detail=str(exc))
         except DB_ERRORS as exc:
-            return self._db_down(View.INVENTORY, exc)
+            return self._db_down(spec.view, exc)
         if result.value is None:
-            body = orjson.dumps({"error": "product inventory not found", "id": eid})
-            return Reply(404, body, result.status)
+            return Reply(404, orjson.dumps({"error": not_found, "id": eid}), result.status)
         return Reply(200, _model_json(result.value), result.status)
 
     async def history(self, raw_id: str, query: Mapping[str, str]) -> Reply:
