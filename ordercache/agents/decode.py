@@ -9,7 +9,7 @@ One function, :func:`decode`, accepts both change-event forms (docs/events.md):
   header ``id`` = event id, value = the row image, often as a JSON-encoded string.
 
 A null value is a :class:`Tombstone`. Anything else raises
-:class:`~ordercache.app.errors.DecodeError` with a short ``reason`` (see
+:class:`~ordercache.errors.DecodeError` with a short ``reason`` (see
 :data:`REASONS`); the agent sends the message to the dead-letter topic and goes on.
 
 Hot path (runs per event): one ``orjson.loads``, hand-checked envelope fields and
@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ordercache.app.errors import DecodeError
-from ordercache.app.settings import Settings
+from ordercache.config.settings import Settings
+from ordercache.errors import DecodeError
 from ordercache.models.events import (
     MAX_ID,
     PRIMARY_KEY,
@@ -334,3 +334,8 @@ def _header_text(raw: bytes | None) -> str:
     if not text or len(text) > 200:
         raise DecodeError("schema_mismatch", "header value empty or longer than 200 characters")
     return text
+
+
+def is_tombstone(event: object) -> bool:
+    """True for a null-valued record (counted, not applied, never an error)."""
+    return isinstance(event, Tombstone)

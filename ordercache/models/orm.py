@@ -2,7 +2,7 @@
 
 Every table has ``version``, increased by every update of the row. Writes that
 change a cached view also bump the version of the row the view is keyed by, in the
-same transaction (see :mod:`ordercache.app.writes`):
+same transaction (see :mod:`ordercache.sample.writes`):
 
 * order details  -> ``orders.version``      (order, its items, its tracking events)
 * order history  -> ``customers.orders_version`` (any order of the customer)

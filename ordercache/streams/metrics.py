@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.redisconn.client import AnyRedis
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, StreamMetrics] = (
     weakref.WeakKeyDictionary()

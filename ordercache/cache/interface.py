@@ -1,6 +1,6 @@
 """The cache's typed interface, declared once.
 
-:class:`~ordercache.app.cache.service.CacheService` implements it (checked by mypy
+:class:`~ordercache.cache.service.CacheService` implements it (checked by mypy
 below); web views and agents depend on this protocol, not on Redis.
 """
 
@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from ordercache.app.cache.codec import ViewSpec
-from ordercache.app.cache.ops import CacheOp
-from ordercache.app.keys import View
+from ordercache.cache.ops import CacheOp
+from ordercache.cache.views import View, ViewSpec
 
 if TYPE_CHECKING:
-    from ordercache.app.cache.service import CacheResult
+    from ordercache.cache.service import CacheResult
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -63,8 +62,12 @@ class Cache(Protocol):
         """Carry out invalidations and refreshes in one pipeline, in order."""
         ...
 
+    async def server_identity(self) -> bytes | None:
+        """The Redis server's identity (changes on restart or failover); None if unknown."""
+        ...
+
 
 if TYPE_CHECKING:
-    from ordercache.app.cache.service import CacheService
+    from ordercache.cache.service import CacheService
 
     _: type[Cache] = CacheService  # mypy: the service implements the interface

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from ordercache.app.keys import View
+from ordercache.cache.views import View
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ordercache.app.errors import ConfigError
+from ordercache.errors import ConfigError
 
 ENV_PREFIX = "ORDERCACHE_"
 
@@ -363,6 +363,19 @@ class Settings(BaseSettings):
         return self.redis_url is not None and self.redis_url.get_secret_value().startswith(
             "rediss://"
         )
+
+    def with_endpoints(
+        self, *, kafka_broker: str | None = None, redis_url: str | None = None
+    ) -> Settings:
+        """These settings with the broker and/or Redis filled in (the local default's own
+        processes, or the conventional local addresses): from then on every component
+        reads the one ``kafka_bootstrap`` and the one Redis URL."""
+        update: dict[str, Any] = {}
+        if kafka_broker is not None:
+            update["kafka_broker"] = kafka_broker
+        if redis_url is not None:
+            update["redis_url"] = SecretStr(redis_url)
+        return self.model_copy(update=update)
 
     @property
     def kafka_bootstrap(self) -> list[str]:

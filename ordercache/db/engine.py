@@ -13,7 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
-from ordercache.app.settings import Settings
+from ordercache.config.settings import Settings
 from ordercache.models.orm import Base
 
 

@@ -12,12 +12,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ordercache.app.errors import ConfigError
+from ordercache.config.settings import Settings
+from ordercache.errors import ConfigError
 
 #: Environment variable that points at another Tansu binary (tests, CI).
 TANSU_BIN_ENV = "ORDERCACHE_TANSU_BIN"
@@ -160,3 +162,27 @@ def managed(*procs: ManagedProcess):  # type: ignore[no-untyped-def]
     finally:
         for p in reversed(procs):
             p.cleanup()
+
+
+def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Settings]:
+    """Start what the local default needs (a broker and/or Redis that the settings do
+    not name); return the processes and the settings pointing at them."""
+    procs: list[ManagedProcess] = []
+    broker_url = redis_url = None
+    try:
+        if settings.kafka_broker is None:
+            tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
+            procs.append(tansu)
+            broker_url = tansu.url
+            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
+        if settings.redis_is_local:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            redis = start_redis_server(settings.redis_server_bin)
+            procs.append(redis)
+            redis_url = f"redis://{redis.url}/0"
+            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
+    except BaseException:
+        for p in reversed(procs):
+            p.cleanup()
+        raise
+    return procs, settings.with_endpoints(kafka_broker=broker_url, redis_url=redis_url)

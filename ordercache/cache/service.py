@@ -1,7 +1,7 @@
 """The cache service: typed cache-aside with version-guarded fills.
 
 Readers call :meth:`CacheService.get_or_load`; the event pipeline calls
-:meth:`CacheService.apply`. The guarantees (DESIGN.md invariants 1, 4, 5, 7):
+:meth:`CacheService.apply`. The guarantees (docs/architecture.md, invariants 1, 4, 5, 7):
 
 * A fill is a compare-and-set (``fill.lua``): it carries the guard generation read
   *before* the database load, and loses if an invalidation happened since, or if its
@@ -27,7 +27,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from ordercache.app.cache.backend import (
+from ordercache.cache.backend import (
     ACQUIRE,
     FILL,
     INVALIDATE,
@@ -36,13 +36,14 @@ from ordercache.app.cache.backend import (
     RedisCacheBackend,
     ScriptCall,
 )
-from ordercache.app.cache.breaker import CircuitBreaker
-from ordercache.app.cache.codec import SPECS, CorruptEntryError, ViewSpec, encode_negative
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.ops import CacheOp, Invalidate, Refresh
-from ordercache.app.cache.singleflight import SingleFlight
-from ordercache.app.errors import CacheError
-from ordercache.app.keys import KeySpace, TtlPolicy, View, validate_id
+from ordercache.cache.breaker import CircuitBreaker
+from ordercache.cache.codec import CorruptEntryError, encode_negative
+from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.singleflight import SingleFlight
+from ordercache.cache.views import SPECS, View, ViewSpec
+from ordercache.errors import CacheError
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +321,13 @@ class CacheService:
     # ----------------------------------------------------------------- writes
     async def set(self, spec: ViewSpec[T], value: T) -> bool:
         """Write ``value`` unless a newer version is cached or tombstoned. Raises CacheError."""
-        eid = validate_id(_entity_id(spec, value))
+        eid = validate_id(spec.entity_id(value))
         return bool((await self.apply([Refresh(spec.view, eid, value.version, value)]))[0])  # type: ignore[attr-defined]
 
     async def set_many(self, spec: ViewSpec[T], values: Sequence[T]) -> int:
         """Version-guarded writes in one pipeline; returns how many were written."""
         ops: list[CacheOp] = [
-            Refresh(spec.view, validate_id(_entity_id(spec, v)), v.version, v)  # type: ignore[attr-defined]
+            Refresh(spec.view, validate_id(spec.entity_id(v)), v.version, v)  # type: ignore[attr-defined]
             for v in values
         ]
         return sum(int(r) for r in await self.apply(ops))
@@ -390,6 +391,10 @@ class CacheService:
         flush()
         return calls
 
+    async def server_identity(self) -> bytes | None:
+        """The Redis server's identity (changes on restart or failover); None if unknown."""
+        return await self.backend.server_identity()
+
     async def apply(self, ops: Sequence[CacheOp]) -> list[int]:
         """Carry out ``ops`` in one pipeline, in order. Raises CacheError on any failure,
         so the caller can retry the batch (every op is idempotent under replay)."""
@@ -411,13 +416,6 @@ class CacheService:
         self._ok()
         self.metrics.op_seconds.labels(ops[0].view.value, "apply").observe(time.perf_counter() - t0)
         return results
-
-
-def _entity_id(spec: ViewSpec[T], value: T) -> int:
-    field = {View.ORDER: "order_id", View.HISTORY: "customer_id", View.INVENTORY: "product_id"}[
-        spec.view
-    ]
-    return int(getattr(value, field))
 
 
 def build_cache_service(

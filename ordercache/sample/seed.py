@@ -1,6 +1,6 @@
 """Fill the database with realistic sample data (``ordercache seed``, the local default).
 
-Rows come from :class:`~ordercache.app.seed_data.SeedGenerator` and go in with bulk
+Rows come from :class:`~ordercache.sample.seed_data.SeedGenerator` and go in with bulk
 inserts (SQLAlchemy Core ``insert`` + executemany, a few thousand rows per call),
 all in one transaction: a failed seed leaves nothing behind. Generated ids start
 above the greatest existing id of each table, and PostgreSQL's id sequences are
@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ordercache.app.db import create_schema
-from ordercache.app.seed_data import IdBase, OrderBatch, Row, SeedGenerator, SeedSpec
+from ordercache.db.engine import create_schema
 from ordercache.models.orm import Base
+from ordercache.sample.seed_data import IdBase, OrderBatch, Row, SeedGenerator, SeedSpec
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
-from ordercache.app.seed_timeline import DAY, Timeline, order_timeline, status_at, tracking_steps
+from ordercache.sample.seed_timeline import DAY, Timeline, order_timeline, status_at, tracking_steps
 
 Row = dict[str, Any]
 

@@ -5,7 +5,7 @@ The migration scripts live in the package (``ordercache/migrations``) next to th
 (``AsyncConnection.run_sync``), in one transaction: on PostgreSQL a failed upgrade
 leaves the schema as it was.
 
-A database whose tables were made by :func:`ordercache.app.db.create_schema` (the
+A database whose tables were made by :func:`ordercache.db.engine.create_schema` (the
 local default, tests) has no ``alembic_version``. :func:`upgrade` adopts it: if
 its tables match the ORM exactly (Alembic's ``compare_metadata`` finds nothing),
 it is stamped at head; otherwise :class:`MigrationError` says so instead of
@@ -30,8 +30,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordercache.app.db import create_engine
-from ordercache.app.errors import OrderCacheError
+from ordercache.db.engine import create_engine
+from ordercache.errors import OrderCacheError
 from ordercache.models.orm import Base
 
 log = logging.getLogger(__name__)

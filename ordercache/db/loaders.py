@@ -1,6 +1,6 @@
 """The database side of the read API: each loader opens one session for one query.
 
-A thin adapter over :mod:`ordercache.app.repository` so that the views depend on
+A thin adapter over :mod:`ordercache.db.repository` so that the views depend on
 three callables, not on sessions (the cache service calls them on a miss).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ordercache.app import repository
+from ordercache.db import repository
 from ordercache.models.views import (
     HISTORY_CACHED_ORDERS,
     CustomerOrderHistory,

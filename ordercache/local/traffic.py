@@ -17,13 +17,14 @@ from typing import Any
 
 import mode
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ordercache.app.context import AppContext
-from ordercache.app.db import create_schema
-from ordercache.app.producer import ChangeEventProducer, Topics
-from ordercache.app.seed import SeedSpec, run_seed
-from ordercache.app.simulate import Simulator
+from ordercache.config.settings import Settings
+from ordercache.db.engine import create_schema
 from ordercache.models.orm import Order
+from ordercache.sample.producer import ChangeEventProducer
+from ordercache.sample.seed import SeedSpec, run_seed
+from ordercache.sample.simulate import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +32,44 @@ log = logging.getLogger(__name__)
 class LocalTraffic(mode.Service):
     """Seed once, then simulate; stops with the worker."""
 
-    def __init__(self, ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.ctx = ctx
-        self.bootstrap = bootstrap
+        self.settings = settings
+        self.engine = engine
+        self.sessions = sessions
         self._producer: ChangeEventProducer | None = None
         self._task: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
-        await create_schema(self.ctx.engine)
-        async with self.ctx.sessions() as session:
+        await create_schema(self.engine)
+        async with self.sessions() as session:
             orders = int(
                 (await session.execute(select(func.count()).select_from(Order))).scalar_one()
             )
-        wanted = self.ctx.settings.local_seed_orders
+        wanted = self.settings.local_seed_orders
         if orders == 0 and wanted > 0:
             spec = SeedSpec(
                 customers=max(20, wanted // 20),
                 products=max(20, min(500, wanted // 10)),
                 orders=wanted,
             )
-            report = await run_seed(self.ctx.engine, spec)
+            report = await run_seed(self.engine, spec)
             log.info("local default: %s", report.summary())
-        if self.ctx.settings.simulate_rate > 0:
+        if self.settings.simulate_rate > 0:
             self._task = self.add_future(self._simulate())
 
     async def _simulate(self) -> None:
-        rate = self.ctx.settings.simulate_rate
-        producer = ChangeEventProducer(self.bootstrap, Topics.from_settings(self.ctx.settings))
+        rate = self.settings.simulate_rate
+        producer = ChangeEventProducer.from_settings(self.settings)
         self._producer = producer
         await producer.start()
-        sim = Simulator(self.ctx.sessions, producer, rate if rate > 0 else math.inf)
+        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
         log.info("local default: sample traffic at %.0f events/s", rate)
         await sim.run(duration=None)
 

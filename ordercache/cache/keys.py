@@ -11,22 +11,10 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
-from ordercache.app.errors import InvalidIdError
-from ordercache.app.settings import Settings
-
-
-class View(StrEnum):
-    """The cached views."""
-
-    ORDER = "order"
-    HISTORY = "history"
-    INVENTORY = "inventory"
-
-
-#: Bump a view's schema version whenever its pydantic model changes shape.
-SCHEMA_VERSION: dict[View, int] = {View.ORDER: 1, View.HISTORY: 1, View.INVENTORY: 1}
+from ordercache.cache.views import SPECS, View
+from ordercache.config.settings import Settings
+from ordercache.errors import InvalidIdError
 
 _ID_RE = re.compile(r"^[1-9][0-9]{0,18}$")
 _MAX_ID = 2**63 - 1
@@ -62,7 +50,7 @@ class KeySpace:
 
     def entry(self, view: View, entity_id: int) -> str:
         """Key of the cached value."""
-        return f"{self.prefix}:v{SCHEMA_VERSION[view]}:{view.value}:{{{entity_id}}}"
+        return f"{self.prefix}:v{SPECS[view].schema_version}:{view.value}:{{{entity_id}}}"
 
     def guard(self, view: View, entity_id: int) -> str:
         """Key of the version tombstone / fill generation (same slot as the entry)."""
@@ -109,9 +97,7 @@ class TtlPolicy:
         )
 
     def base_seconds(self, view: View) -> int:
-        return {View.ORDER: self.order, View.HISTORY: self.history, View.INVENTORY: self.inventory}[
-            view
-        ]
+        return SPECS[view].ttl(self)
 
     def ttl_ms(self, view: View, *, negative: bool = False) -> int:
         """TTL in milliseconds for a fill, reduced by up to ``jitter`` at random."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.redisconn.client import AnyRedis
 
 log = logging.getLogger(__name__)
 

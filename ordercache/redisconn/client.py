@@ -33,8 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
-from ordercache.app.errors import ConfigError
-from ordercache.app.settings import Settings, parse_hostports
+from ordercache.config.settings import Settings, parse_hostports
+from ordercache.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -247,21 +247,17 @@ def _no_more_retries(policies: Iterable[object]) -> None:
             policy.update_retries(0)
 
 
-def create_redis(settings: Settings, *, url: str | None = None) -> RedisHandle:
-    """Build the asyncio client the settings describe. No I/O happens here.
-
-    ``url`` overrides the configured address (the local default passes the private
-    redis-server it started).
-    """
+def create_redis(settings: Settings) -> RedisHandle:
+    """Build the asyncio client the settings describe. No I/O happens here."""
     if not HIREDIS_AVAILABLE:  # pragma: no cover - hiredis is a hard dependency
         log.warning("hiredis is not installed; using the pure-Python parser")
     kw = _common_kwargs(settings)
     mode: Mode = settings.redis_mode
     if mode == "cluster":
-        return _create_cluster(settings, kw, url)
+        return _create_cluster(settings, kw)
     if mode == "sentinel":
         return _create_sentinel(settings, kw)
-    raw_url = url or (settings.redis_url.get_secret_value() if settings.redis_url else None)
+    raw_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     pool: aioredis.BlockingConnectionPool
     if raw_url is not None:
         # The URL's scheme picks the connection class (rediss:// means TLS).
@@ -320,11 +316,11 @@ def _create_sentinel(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
     )
 
 
-def _create_cluster(settings: Settings, kw: dict[str, Any], url: str | None) -> RedisHandle:
+def _create_cluster(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
     ckw = dict(kw)
     if settings.redis_tls:
         ckw["ssl"] = True
-    raw_url = url or (settings.redis_url.get_secret_value() if settings.redis_url else None)
+    raw_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     client: RedisCluster
     common = {
         "max_connections": settings.redis_max_connections,

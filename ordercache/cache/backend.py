@@ -10,41 +10,29 @@ every script is idempotent under replay (version guards), so that is safe.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ordercache.app.errors import CacheError, CacheTimeoutError
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.errors import CacheError, CacheTimeoutError
+from ordercache.redisconn.client import AnyRedis
+from ordercache.redisconn.scripts import LuaScript, load_scripts, raise_noscript, run_loading
+
+log = logging.getLogger(__name__)
 
 
-def _load(name: str) -> str:
-    return resources.files("ordercache.app.cache").joinpath("lua", f"{name}.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class LuaScript:
-    name: str
-    source: str
-    sha: str
-
-    @classmethod
-    def named(cls, name: str) -> LuaScript:
-        src = _load(name)
-        return cls(name, src, hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest())
-
-
-ACQUIRE = LuaScript.named("acquire")
-FILL = LuaScript.named("fill")
-INVALIDATE = LuaScript.named("invalidate")
-REFRESH = LuaScript.named("refresh")
-INVALIDATE_MANY = LuaScript.named("invalidate_many")
+_PACKAGE = "ordercache.cache"
+ACQUIRE = LuaScript.from_package(_PACKAGE, "acquire")
+FILL = LuaScript.from_package(_PACKAGE, "fill")
+INVALIDATE = LuaScript.from_package(_PACKAGE, "invalidate")
+REFRESH = LuaScript.from_package(_PACKAGE, "refresh")
+INVALIDATE_MANY = LuaScript.from_package(_PACKAGE, "invalidate_many")
 ALL_SCRIPTS = (ACQUIRE, FILL, INVALIDATE, REFRESH, INVALIDATE_MANY)
 
 
@@ -98,16 +86,31 @@ class RedisCacheBackend:
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
 
+    async def server_identity(self) -> bytes | None:
+        """The server's ``run_id`` (every primary's, in a cluster): it changes on a
+        restart or a failover. ``None`` when it cannot be read now."""
+        client = self.client
+        try:
+            if isinstance(client, RedisCluster):
+                # every primary: a failover of any one of them must be noticed
+                replies = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
+                infos = list(replies.values()) if _per_node(replies) else [replies]
+            else:
+                infos = [await client.info("server")]
+        except Exception as exc:  # noqa: BLE001 - any failure here means "try later"
+            log.debug("Redis identity not read: %s", exc)
+            return None
+        return ",".join(sorted(str(i.get("run_id", "")) for i in infos)).encode()
+
     # ---------------------------------------------------------------- scripts
     async def call(self, call: ScriptCall) -> Any:
         """Run one script (EVALSHA, loading it on NOSCRIPT)."""
+        sha, keys, args = call.script.sha, call.keys, call.args
         try:
             async with asyncio.timeout(self.timeout):
-                try:
-                    return await self.client.evalsha(call.script.sha, 3, *call.keys, *call.args)
-                except NoScriptError:
-                    await self.client.script_load(call.script.source)
-                    return await self.client.evalsha(call.script.sha, 3, *call.keys, *call.args)
+                return await run_loading(
+                    self.client, [call.script], lambda: self.client.evalsha(sha, 3, *keys, *args)
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
 
@@ -119,10 +122,9 @@ class RedisCacheBackend:
             return []
         try:
             async with asyncio.timeout(timeout or self.timeout * 4):
-                results = await self._pipeline(calls)
-                if any(isinstance(r, NoScriptError) for r in results):
-                    await self.load_scripts()
-                    results = await self._pipeline(calls)
+                results = await run_loading(
+                    self.client, ALL_SCRIPTS, functools.partial(self._pipeline, calls)
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
         for r in results:
@@ -134,16 +136,21 @@ class RedisCacheBackend:
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
             pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-        return await pipe.execute(raise_on_error=False)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        raise_noscript(results)
+        return results
 
     async def load_scripts(self) -> None:
         """Load every script (on all primaries in a cluster)."""
         try:
             async with asyncio.timeout(self.timeout * 4):
-                for s in ALL_SCRIPTS:
-                    await self.client.script_load(s.source)
+                await load_scripts(self.client, ALL_SCRIPTS)
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
+
+
+def _per_node(replies: Any) -> bool:
+    return isinstance(replies, dict) and all(isinstance(v, dict) for v in replies.values())
 
 
 def _translate(exc: BaseException) -> CacheError:

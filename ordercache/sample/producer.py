@@ -26,8 +26,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ordercache.app.errors import OrderCacheError
-from ordercache.app.settings import Settings
+from ordercache.config.settings import Settings
+from ordercache.errors import OrderCacheError
 from ordercache.models.events import Entity, Op, RowChange
 from ordercache.models.orm import Base
 

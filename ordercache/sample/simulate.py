@@ -1,6 +1,6 @@
 """Sample traffic: a realistic order lifecycle against the database, with its events.
 
-Each step is one database transaction through :mod:`ordercache.app.writes`
+Each step is one database transaction through :mod:`ordercache.sample.writes`
 (versions bumped in SQL); after the commit the simulator emits the committed row
 images as change events, as CDC would. Unlike CDC, a crash between the commit and
 the send loses those events — production uses Debezium or an outbox for that.
@@ -26,11 +26,10 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ordercache.app import writes
-from ordercache.app.context import AppContext
-from ordercache.app.db import create_schema, session_factory
-from ordercache.app.producer import ChangeEventProducer, Topics
+from ordercache.db.engine import create_schema, session_factory
 from ordercache.models.events import Entity, Op, RowChange
+from ordercache.sample import writes
+from ordercache.sample.producer import ChangeEventProducer, Topics
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +362,8 @@ def _now() -> datetime:
 
 
 async def run_simulation(
-    ctx: AppContext,
+    engine: AsyncEngine,
+    topics: Topics,
     bootstrap_servers: list[str],
     *,
     rate: float,
@@ -373,8 +373,8 @@ async def run_simulation(
     seed: int | None = None,
 ) -> SimulationStats:
     """The ``ordercache simulate`` command: schema, producer, simulator, run."""
-    await create_schema(ctx.engine)
-    producer = ChangeEventProducer(bootstrap_servers, Topics.from_settings(ctx.settings), form=form)
+    await create_schema(engine)
+    producer = ChangeEventProducer(bootstrap_servers, topics, form=form)
     async with producer:
-        sim = Simulator(ctx.sessions, producer, rate if rate > 0 else math.inf, seed=seed)
+        sim = Simulator(engine, producer, rate if rate > 0 else math.inf, seed=seed)
         return await sim.run(duration=duration, events=events)
