@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from ordercache.app import commands
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
+from ordercache.health.eviction import eviction_risk, read_policies
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ class LifecycleService(mode.Service):
             log.warning("Redis (%s) not reachable at start-up: %s", mode_name, type(exc).__name__)
         else:
             log.info("Redis (%s) reachable", mode_name)
+            try:
+                risk = eviction_risk(await read_policies(self.ctx.redis.client, timeout=2.0))
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("Redis eviction policy not read: %s", type(exc).__name__)
+            else:
+                if risk:
+                    log.warning("Redis: %s; readiness reports degraded", risk)
 
     async def on_stop(self) -> None:
         log.info("closing Redis and database connections")

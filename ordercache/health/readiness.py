@@ -6,6 +6,10 @@ Readiness checks three components concurrently, each inside its own time budget:
   a TTL). Redis down is *degraded*, not down: reads are served from the database
   (invariant 4, docs/architecture.md), so the worker stays ready (HTTP 200).
 * **database** — ``SELECT 1`` on the engine's pool. Down means not ready (503).
+* **eviction** — Redis's ``maxmemory-policy`` (``INFO memory``): a policy that could
+  evict version guards or the stream mirror's dedupe state makes the worker
+  *degraded*, with the reason (:mod:`~ordercache.health.eviction`); skipped while
+  Redis does not answer (the redis component says so).
 * **broker** — only when the checker is given the change pipeline; skipped
   otherwise. Fine means: the broker answers a metadata request, *and* the
   pipeline service is running, *and* it is a settled group member — it holds
@@ -39,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordercache.agents.pipeline import ChangePipeline
 from ordercache.cache.breaker import CircuitBreaker
+from ordercache.health.eviction import eviction_risk, read_policies
 from ordercache.health.redis_info import describe_error, probe_redis
 from ordercache.redisconn.client import RedisHandle
 
@@ -185,6 +190,17 @@ class HealthChecker:
             {"breaker": breaker},
         )
 
+    async def check_eviction(self) -> Component:
+        try:
+            nodes = await read_policies(self.redis.client, timeout=self.config.redis_timeout)
+        except Exception as exc:  # noqa: BLE001 - the redis component reports the outage
+            return Component("eviction", "skipped", details={"reason": describe_error(exc)})
+        risk = eviction_risk(nodes)
+        policies = sorted({n.policy for n in nodes})
+        return Component(
+            "eviction", "down" if risk else "ok", error=risk, details={"policy": policies}
+        )
+
     async def check_database(self) -> Component:
         async with asyncio.timeout(self.config.database_timeout):
             async with self.engine.connect() as conn:
@@ -232,6 +248,7 @@ class HealthChecker:
         checks: dict[str, Callable[[], Awaitable[Component]]] = {
             "redis": self.check_redis,
             "database": self.check_database,
+            "eviction": self.check_eviction,
         }
         pipeline = self.pipeline
         if pipeline is not None:
