@@ -403,7 +403,7 @@ def test_redis_conf_policy_evicts_nothing() -> None:
     # or allkeys-* policy can evict something correctness depends on; the readiness
     # check agrees.
     policy = directives["maxmemory-policy"]
-    assert eviction_risk([EvictionPolicy(policy, int(1 << 28))]) is None
+    assert eviction_risk([EvictionPolicy(policy, 1 << 28)]) is None
     assert directives["appendonly"] == "yes"
 
 
