@@ -88,4 +88,5 @@ class CacheMetrics:
                 m.stampede_waits.labels(view.value, kind)
             for op in OPS:
                 m.errors.labels(view.value, op)
+            m.loader_seconds.labels(view.value)
         return m
