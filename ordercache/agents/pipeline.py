@@ -48,6 +48,7 @@ from ordercache.agents.batch import (
     TrackingExtractor,
     plan_batch,
 )
+from ordercache.agents.kafka_clients import start_or_close
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.cache.interface import Cache
 from ordercache.cache.ops import CacheOp
@@ -365,7 +366,7 @@ class ChangePipeline(mode.Service):
 async def ensure_topics(bootstrap: list[str], topics: Sequence[str], partitions: int) -> None:
     """Create missing topics (idempotent; existing topics are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    await start_or_close(admin.start(), admin.close)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]

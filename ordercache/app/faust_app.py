@@ -9,6 +9,7 @@ import faust
 import mode
 from redis.exceptions import RedisError
 
+from ordercache.agents import kafka_clients
 from ordercache.app import commands
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
@@ -47,6 +48,7 @@ class LifecycleService(mode.Service):
                     log.warning("Redis: %s; readiness reports degraded", risk)
 
     async def on_stop(self) -> None:
+        await kafka_clients.drain(timeout=5.0)  # Kafka starts abandoned mid-way
         log.info("closing Redis and database connections")
         await self.ctx.aclose()
         log.info("Redis and database connections closed")

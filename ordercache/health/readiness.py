@@ -41,6 +41,7 @@ from prometheus_client import Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ordercache.agents.kafka_clients import start_or_close
 from ordercache.agents.pipeline import ChangePipeline
 from ordercache.cache.breaker import CircuitBreaker
 from ordercache.health.eviction import eviction_risk, read_policies
@@ -212,14 +213,19 @@ class HealthChecker:
         client = AIOKafkaClient(
             bootstrap_servers=pipeline.config.bootstrap,
             client_id="ordercache-health",
-            request_timeout_ms=int(self.config.broker_timeout * 1000),
+            # Longer than the budget: a hung broker is always our "timeout", and the
+            # abandoned bootstrap still ends (and is closed) soon after.
+            request_timeout_ms=int(self.config.broker_timeout * 2000),
         )
         try:
-            async with asyncio.timeout(self.config.broker_timeout):
-                await client.bootstrap()
+            # Never cancelled half-way (that leaks its connection): start_or_close
+            # stops waiting after the budget and closes the client when it is done.
+            await start_or_close(
+                client.bootstrap(), client.close, timeout=self.config.broker_timeout
+            )
         except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
             error = describe_error(exc)
-        finally:
+        else:
             await client.close()
         app = self.app
         settled = (
