@@ -90,8 +90,11 @@ class Stack:
     tansu: ManagedProcess
     settings: dict[str, Any]
     tmp: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
 
     def cleanup(self) -> None:
+        for w in self.workers:  # whatever failed: no worker outlives the test
+            w.kill()
         for p in (self.sentinel, self.replica, self.master, self.tansu):
             p.cleanup()
 
@@ -132,6 +135,7 @@ def stack(fresh_pg_url: str, tmp_path: Path) -> Iterator[Stack]:
 
 def start_worker(stack: Stack, n: int) -> WorkerProcess:
     w = WorkerProcess.configured(stack.tmp, f"worker{n}", **stack.settings).start()
+    stack.workers.append(w)
     w.wait_for_log("pipeline assigned partitions", timeout=120)
     return w
 
@@ -309,7 +313,8 @@ async def test_chaos_soak(stack: Stack) -> None:
         }
 
     figures = Figures()
-    workers = [start_worker(stack, 0)]
+    workers = stack.workers
+    start_worker(stack, 0)
     figures.rss_start_kb = rss_kb(workers[0].proc.pid)  # type: ignore[union-attr]
     stop, paused = asyncio.Event(), asyncio.Event()
     base = f"http://127.0.0.1:{workers[0].web_port}"
@@ -333,7 +338,7 @@ async def test_chaos_soak(stack: Stack) -> None:
         await until(0.45)
         if "worker" in PHASES:
             workers[-1].kill()
-            workers.append(await asyncio.to_thread(start_worker, stack, 1))
+            await asyncio.to_thread(start_worker, stack, 1)
             figures.phases["worker_sigkill_restart"] = "done"
 
         # 3. Broker restarted (writes paused, caught up first: the memory broker
