@@ -13,11 +13,11 @@ from ordercache.agents.decode import DecodeConfig, decode
 from ordercache.agents.dlq import dead_letter
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.pipeline import ChangePipeline, PipelineConfig
-from ordercache.agents.plan import plan, tracking_update
+from ordercache.agents.plan import plan, tracking_update, unresolved
 from ordercache.agents.tracking import record_of
 from ordercache.app.context import AppContext
 from ordercache.app.errors import DecodeError, OrderCacheError
-from ordercache.models.events import Tombstone
+from ordercache.models.events import Heartbeat, Tombstone
 
 
 def build_dead_letter(r: Rejected) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
@@ -38,8 +38,13 @@ def build_dead_letter(r: Rejected) -> tuple[bytes | None, bytes | None, list[tup
     return dl.key, dl.value, [(k, v if v is not None else b"") for k, v in dl.headers]
 
 
-def is_tombstone(event: Any) -> bool:
-    return isinstance(event, Tombstone)
+def is_tombstone(event: Any) -> bool | str:
+    """The outcome of an event that plans nothing and is no error (else False)."""
+    if isinstance(event, Tombstone):
+        return "tombstone"
+    if isinstance(event, Heartbeat):
+        return "heartbeat"
+    return False
 
 
 def plan_checked(event: Any) -> list[Any]:
@@ -75,6 +80,7 @@ def build_pipeline(ctx: AppContext, bootstrap: list[str], **kwargs: Any) -> Chan
         is_tombstone=is_tombstone,
         dead_letter=build_dead_letter,
         hooks=hooks,
+        unresolved=unresolved,
         **kwargs,
     )
 

@@ -32,7 +32,11 @@ class RecordLike(Protocol):
 
 Decoder = Callable[[str, bytes | None, bytes | None, Headers], Any]
 Planner = Callable[[Any], list[CacheOp]]
-IsTombstone = Callable[[Any], bool]
+#: True (or an outcome name such as ``"heartbeat"``) for an event that plans nothing
+#: and is not an error: counted under that outcome (``"tombstone"`` for ``True``).
+IsTombstone = Callable[[Any], bool | str | None]
+#: Why an event's plan cannot cover everything its change affected (or ``None``).
+Unresolved = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +56,10 @@ class BatchPlan:
     rejected: list[Rejected] = field(default_factory=list)
     #: Decoded events, in order, for side consumers (e.g. the tracking mirror).
     events: list[tuple[RecordLike, Any]] = field(default_factory=list)
-    #: (topic, outcome) -> count; outcomes: applied, tombstone, dlq.
+    #: (topic, outcome) -> count; outcomes: applied, tombstone, heartbeat, dlq.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Applied events whose plan could not name every affected entry, with the reason.
+    unresolved: list[tuple[RecordLike, Any, str]] = field(default_factory=list)
     #: Highest offset seen per (topic, partition): what to commit after applying.
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Produce timestamps (ms) of applied records, for the lag histogram.
@@ -65,6 +71,7 @@ def plan_batch(
     decode: Decoder,
     plan: Planner,
     is_tombstone: IsTombstone,
+    unresolved: Unresolved | None = None,
 ) -> BatchPlan:
     """Decode and plan a batch. Bad records become :class:`Rejected`, never exceptions."""
     out = BatchPlan()
@@ -73,8 +80,10 @@ def plan_batch(
         out.last_offsets[(rec.topic, rec.partition)] = rec.offset
         try:
             event = decode(rec.topic, rec.key, rec.value, rec.headers)
-            if is_tombstone(event):
-                out.outcomes[(rec.topic, "tombstone")] += 1
+            skipped = is_tombstone(event)
+            if skipped:
+                outcome = skipped if isinstance(skipped, str) else "tombstone"
+                out.outcomes[(rec.topic, outcome)] += 1
                 continue
             ops = plan(event)
         except DecodeError as exc:
@@ -94,6 +103,9 @@ def plan_batch(
             out.ops.append(op)
         out.events.append((rec, event))
         out.outcomes[(rec.topic, "applied")] += 1
+        reason = None if unresolved is None else unresolved(event)
+        if reason is not None:
+            out.unresolved.append((rec, event, reason))
         out.timestamps.append(rec.timestamp)
     return out
 

@@ -46,6 +46,7 @@ from ordercache.agents.batch import (
     IsTombstone,
     Planner,
     Rejected,
+    Unresolved,
     plan_batch,
 )
 from ordercache.agents.metrics import PipelineMetrics
@@ -98,6 +99,7 @@ class ChangePipeline(mode.Service):
         is_tombstone: IsTombstone,
         dead_letter: DeadLetterBuilder,
         hooks: Sequence[BatchHook] = (),
+        unresolved: Unresolved | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,6 +109,7 @@ class ChangePipeline(mode.Service):
         self._decode = decode
         self._plan = plan
         self._is_tombstone = is_tombstone
+        self._unresolved = unresolved
         self._dead_letter = dead_letter
         self._hooks = list(hooks)
         self._consumer: AIOKafkaConsumer | None = None
@@ -191,7 +194,7 @@ class ChangePipeline(mode.Service):
 
     async def process(self, records: Sequence[Any]) -> bool:
         """Apply one batch; False if the service stopped before it applied."""
-        bp = plan_batch(records, self._decode, self._plan, self._is_tombstone)
+        bp = plan_batch(records, self._decode, self._plan, self._is_tombstone, self._unresolved)
         if not await self._retrying(lambda: self._apply(bp)):
             return False
         if bp.rejected and not await self._retrying(lambda: self._send_dead_letters(bp.rejected)):
@@ -202,6 +205,14 @@ class ChangePipeline(mode.Service):
             observe(max(0.0, (now_ms - ts) / 1000))
         for (topic, outcome), n in bp.outcomes.items():
             self.metrics.events.labels(topic, outcome).inc(n)
+        for rec, event, reason in bp.unresolved:
+            self.metrics.unresolved.labels(rec.topic, reason).inc()
+            log.warning(
+                "change applied only in part (%s): table=%s op=%s id=%s at %s[%d]@%d;"
+                " the entries it cannot name expire with their TTL (docs/events.md)",
+                reason, getattr(event, "entity", "?"), getattr(event, "op", "?"),
+                getattr(event, "entity_id", None), rec.topic, rec.partition, rec.offset,
+            )  # fmt: skip
         self.metrics.batch_size.observe(len(records))
         self.batches += 1
         return True

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ordercache.models.events import Entity, Op, RowChange
@@ -318,3 +318,75 @@ async def add_tracking_event(
     )
     order = await touch_order(session, order_id, occurred_at, status=order_status)
     return [_created(Entity.TRACKING_EVENT, row), order]
+
+
+# --------------------------------------------------------------------------- deletes
+def _deleted(entity: Entity, image: Mapping[Any, Any]) -> RowChange:
+    return RowChange(entity, Op.DELETE, before=dict(image))
+
+
+async def set_item_quantity(
+    session: AsyncSession, item_id: int, quantity: int, now: datetime
+) -> list[RowChange]:
+    """Correct an order line's quantity (stock is not touched: a back-office fix)."""
+    item = (
+        (
+            await session.execute(
+                update(ORDER_ITEMS)
+                .where(ORDER_ITEMS.c.id == item_id)
+                .values(quantity=quantity, version=ORDER_ITEMS.c.version + 1)
+                .returning(*ORDER_ITEMS.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    return [_updated(Entity.ORDER_ITEM, item), await touch_order(session, item["order_id"], now)]
+
+
+async def remove_item(session: AsyncSession, item_id: int, now: datetime) -> list[RowChange]:
+    """Delete one order line; the order's details change with it."""
+    stmt = delete(ORDER_ITEMS).where(ORDER_ITEMS.c.id == item_id).returning(*ORDER_ITEMS.c)
+    item = (await session.execute(stmt)).mappings().one()
+    return [_deleted(Entity.ORDER_ITEM, item), await touch_order(session, item["order_id"], now)]
+
+
+async def delete_shipment(
+    session: AsyncSession, shipment_id: int, now: datetime
+) -> list[RowChange]:
+    """Delete a shipment (its tracking events keep their rows, ``shipment_id`` set null)."""
+    stmt = delete(SHIPMENTS).where(SHIPMENTS.c.id == shipment_id).returning(*SHIPMENTS.c)
+    row = (await session.execute(stmt)).mappings().one()
+    return [_deleted(Entity.SHIPMENT, row), await touch_order(session, row["order_id"], now)]
+
+
+async def delete_tracking_event(
+    session: AsyncSession, tracking_id: int, now: datetime
+) -> list[RowChange]:
+    """Delete a tracking scan (e.g. recorded against the wrong order)."""
+    stmt = (
+        delete(TRACKING_EVENTS)
+        .where(TRACKING_EVENTS.c.id == tracking_id)
+        .returning(*TRACKING_EVENTS.c)
+    )
+    row = (await session.execute(stmt)).mappings().one()
+    return [
+        _deleted(Entity.TRACKING_EVENT, row),
+        await touch_order(session, row["order_id"], now),
+    ]
+
+
+async def delete_order(session: AsyncSession, order_id: int) -> list[RowChange]:
+    """Delete an order; the database cascades to its items, shipments and tracking events.
+
+    Only the order's own row image is returned: the cascaded rows are not known to
+    the writer (CDC sees them; the order's delete covers every view they were in).
+    """
+    stmt = delete(ORDERS).where(ORDERS.c.id == order_id).returning(*ORDERS.c)
+    order = (await session.execute(stmt)).mappings().one()
+    await session.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == order["customer_id"])
+        .values(orders_version=CUSTOMERS.c.orders_version + 1, version=CUSTOMERS.c.version + 1)
+    )
+    return [_deleted(Entity.ORDER, order)]
