@@ -54,7 +54,7 @@ def start_private_postgres(
     if user is not None:
         pw = pwd.getpwnam(user)
         os.chown(wd, pw.pw_uid, pw.pw_gid)
-    subprocess.run(  # noqa: S603 - fixed argv
+    subprocess.run(
         [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
          "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -76,14 +76,14 @@ def start_private_postgres(
     for key, value in settings.items():
         args += ["-c", f"{key}={value}"]
     log = (wd / "postgres.log").open("wb")
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     log.close()
     mp = ManagedProcess("postgres", port, proc, wd, args)
     deadline = time.monotonic() + 30
     while True:
-        ready = subprocess.run(  # noqa: S603
+        ready = subprocess.run(
             [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
         )  # fmt: skip

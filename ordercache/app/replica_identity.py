@@ -74,6 +74,11 @@ def problems_of(
     return out
 
 
+def _code(raw: object) -> str:
+    # pg_class.relreplident is a "char": asyncpg returns it as bytes.
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 async def replica_identity_problems(engine: AsyncEngine) -> list[str]:
     """One line per captured table whose replica identity is short of :data:`REQUIRED`.
 
@@ -84,5 +89,5 @@ async def replica_identity_problems(engine: AsyncEngine) -> list[str]:
         return []
     async with engine.connect() as conn:
         rows = (await conn.execute(_QUERY, {"tables": list(REQUIRED)})).all()
-    found = {str(name): (str(code), frozenset(cols)) for name, code, cols in rows}
+    found = {str(name): (_code(code), frozenset(cols)) for name, code, cols in rows}
     return problems_of(found)

@@ -31,6 +31,7 @@ from ordercache.models.orm import (
     Inventory,
     Order,
     OrderItem,
+    Outbox,
     Product,
     Shipment,
     TrackingEvent,
@@ -38,6 +39,7 @@ from ordercache.models.orm import (
 
 CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
 INVENTORY: Table = Inventory.__table__  # type: ignore[assignment]
+OUTBOX: Table = Outbox.__table__  # type: ignore[assignment]
 ORDERS: Table = Order.__table__  # type: ignore[assignment]
 ORDER_ITEMS: Table = OrderItem.__table__  # type: ignore[assignment]
 PRODUCTS: Table = Product.__table__  # type: ignore[assignment]
@@ -390,3 +392,60 @@ async def delete_order(session: AsyncSession, order_id: int) -> list[RowChange]:
         .values(orders_version=CUSTOMERS.c.orders_version + 1, version=CUSTOMERS.c.version + 1)
     )
     return [_deleted(Entity.ORDER, order)]
+
+
+# --------------------------------------------------------------------------- outbox
+#: Outbox aggregate type and id column per entity (the tables whose views an outbox
+#: event refreshes; item and shipment changes always come with their order's change).
+OUTBOX_AGGREGATES: dict[Entity, tuple[str, str, str]] = {
+    Entity.ORDER: ("order", "Order", "id"),
+    Entity.INVENTORY: ("inventory", "Inventory", "product_id"),
+    Entity.TRACKING_EVENT: ("tracking_event", "TrackingEvent", "order_id"),
+}
+_OUTBOX_VERB = {Op.CREATE: "Created", Op.UPDATE: "Updated", Op.DELETE: "Deleted"}
+
+
+def _json_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in image.items()}
+
+
+def outbox_rows(changes: Sequence[RowChange], now: datetime) -> list[dict[str, Any]]:
+    """The outbox rows (Debezium outbox event router shape) for a transaction's changes.
+
+    One row per changed aggregate image: ``aggregatetype`` ``order`` / ``inventory`` /
+    ``tracking_event``, ``aggregateid`` the id the message is keyed by (a tracking
+    event is keyed by its order), ``type`` e.g. ``OrderDeleted``, ``payload`` the row
+    image (the last one for a delete).
+    """
+    rows: list[dict[str, Any]] = []
+    for change in changes:
+        spec = OUTBOX_AGGREGATES.get(change.entity)
+        image = change.after if change.after is not None else change.before
+        if spec is None or image is None or change.op not in _OUTBOX_VERB:
+            continue
+        aggregate, name, key = spec
+        rows.append(
+            {
+                "id": str(uuid.uuid4()),
+                "aggregatetype": aggregate,
+                "aggregateid": int(image[key]),
+                "type": f"{name}{_OUTBOX_VERB[change.op]}",
+                "payload": _json_image(image),
+                "created_at": now,
+            }
+        )
+    return rows
+
+
+async def record_outbox(
+    session: AsyncSession, changes: Sequence[RowChange], now: datetime
+) -> int:
+    """Insert the outbox rows of ``changes`` in the caller's transaction; returns how many.
+
+    Committed with the change or not at all: a process that dies after the commit has
+    still left its events in the outbox, for Debezium or the worker's relay to send.
+    """
+    rows = outbox_rows(changes, now)
+    if rows:
+        await session.execute(insert(OUTBOX), rows)
+    return len(rows)
