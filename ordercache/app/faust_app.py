@@ -82,8 +82,18 @@ def create_app(
     commands.register(app, ctx)
     _register_optional(app, ctx)
     if ctx.extras.get("local_default"):
+        from ordercache.agents.outbox import OutboxRelay, topic_map
         from ordercache.app.local_traffic import LocalTraffic
 
+        # No Kafka Connect here: the worker relays the transactional outbox itself.
+        s = ctx.settings
+        app.add_dependency(
+            OutboxRelay(
+                ctx.sessions,
+                ctx.extras["kafka_bootstrap"],
+                topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
+            )
+        )
         # Last, so the pipeline has created the topics the sample traffic goes to.
         app.add_dependency(LocalTraffic(ctx, ctx.extras["kafka_bootstrap"]))
     return app

@@ -29,6 +29,15 @@ REQUIRED: Mapping[str, str | frozenset[str]] = MappingProxyType(
     }
 )
 
+#: The statements that give the tables the identities migration 0002 sets (for a schema
+#: made by ``create_schema`` rather than by the migrations).
+IDENTITY_DDL: tuple[str, ...] = (
+    "ALTER TABLE orders REPLICA IDENTITY FULL",
+    "ALTER TABLE order_items REPLICA IDENTITY USING INDEX ux_order_items_order_id_id",
+    "ALTER TABLE shipments REPLICA IDENTITY USING INDEX ux_shipments_order_id_id",
+    "ALTER TABLE tracking_events REPLICA IDENTITY USING INDEX ux_tracking_events_order_id_id",
+)
+
 _IDENTITY = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 
 _QUERY = text(

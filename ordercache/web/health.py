@@ -177,6 +177,19 @@ class HealthChecker:
             {"breaker": breaker},
         )
 
+    async def check_replica_identity(self) -> Component:
+        """PostgreSQL only: the captured tables' replica identities (not critical: a
+        table short of its identity leaves some deletes unable to name every entry)."""
+        from ordercache.app.replica_identity import replica_identity_problems
+
+        problems = await replica_identity_problems(self.ctx.engine)
+        if problems:
+            return Component(
+                "replica_identity", "down", error="; ".join(problems)[:500],
+                details={"tables": sorted({p.split(":")[0] for p in problems})},
+            )  # fmt: skip
+        return Component("replica_identity", "ok")
+
     async def check_database(self) -> Component:
         async with asyncio.timeout(self.config.database_timeout):
             async with self.ctx.engine.connect() as conn:
@@ -234,6 +247,8 @@ class HealthChecker:
             "redis": self.check_redis,
             "database": self.check_database,
         }
+        if self.ctx.engine.dialect.name == "postgresql":
+            checks["replica_identity"] = self.check_replica_identity
         pipeline = self.ctx.extras.get("pipeline")
         if pipeline is not None:
             checks["broker"] = lambda: self.check_broker(pipeline)
