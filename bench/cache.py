@@ -25,14 +25,14 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
 from bench.common import REDIS_URL, latencies, median, scratch_database, table, throughput
-from ordercache.app import repository as repo
-from ordercache.app.cache.codec import HISTORY, INVENTORY, ORDER, ViewSpec
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.service import CacheService, build_cache_service
-from ordercache.app.db import create_engine, session_factory
-from ordercache.app.keys import KeySpace, TtlPolicy
-from ordercache.app.seed import SeedSpec, run_seed
+from ordercache.cache.keys import KeySpace, TtlPolicy
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.service import CacheService, build_cache_service
+from ordercache.cache.views import HISTORY, INVENTORY, ORDER, ViewSpec
+from ordercache.db import repository as repo
+from ordercache.db.engine import create_engine, session_factory
 from ordercache.models.orm import Customer, Order, Product
+from ordercache.sample.seed import SeedSpec, run_seed
 
 
 async def main(orders: int, rounds: int) -> None:

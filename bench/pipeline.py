@@ -27,11 +27,11 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import REDIS_URL, median, p, table
-from ordercache.agents import build_pipeline
 from ordercache.agents.batch import BatchPlan
 from ordercache.app.context import AppContext
-from ordercache.app.local import start_tansu
-from ordercache.app.settings import load_settings
+from ordercache.app.wiring import build_pipeline
+from ordercache.config.settings import load_settings
+from ordercache.local.services import start_tansu
 
 
 def envelope(pid: int, version: int) -> bytes:

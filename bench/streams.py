@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from ordercache.app.keys import KeySpace
-from ordercache.app.local import start_redis_server
+from ordercache.cache.keys import KeySpace
+from ordercache.local.services import start_redis_server
 from ordercache.streams.config import MirrorConfig
 from ordercache.streams.entry import TrackingRecord, encode_fields
 from ordercache.streams.layout import StreamLayout

@@ -24,9 +24,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from ordercache.app.context import AppContext
-from ordercache.app.db import create_schema
-from ordercache.app.local import ManagedProcess, start_redis_server, start_tansu
-from ordercache.app.settings import Settings, load_settings
+from ordercache.config.settings import Settings, load_settings
+from ordercache.db.engine import create_schema
+from ordercache.local.services import ManagedProcess, start_redis_server, start_tansu
 from tests.pgtools import scratch_pg_database
 
 REDIS_URL = os.environ.get("ORDERCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -70,7 +70,7 @@ def empty_db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
 @pytest.fixture(scope="session")
 async def pg_schema(pg_url: str) -> str:
     """The session database with the schema created."""
-    from ordercache.app.db import create_engine
+    from ordercache.db.engine import create_engine
 
     engine = create_engine(pg_url)
     try:

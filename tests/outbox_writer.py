@@ -1,7 +1,7 @@
 """A writer process that dies right after its commit (run by tests/test_outbox_relay.py).
 
 ``python -m tests.outbox_writer DATABASE_URL ORDER_ID STATUS``: one transaction sets
-the order's status through ordercache.app.writes and records its outbox rows; right
+the order's status through ordercache.sample.writes and records its outbox rows; right
 after the commit, before anything could be sent, the process kills itself (SIGKILL).
 """
 
@@ -13,8 +13,8 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from ordercache.app import writes
-from ordercache.app.db import create_engine, session_factory
+from ordercache.db.engine import create_engine, session_factory
+from ordercache.sample import writes
 
 
 async def main(url: str, order_id: int, status: str) -> None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ordercache.app.local import ManagedProcess, free_port
+from ordercache.local.services import ManagedProcess, free_port
 
 
 def pg_bin_dir() -> Path:
@@ -76,9 +76,7 @@ def start_private_postgres(
     for key, value in settings.items():
         args += ["-c", f"{key}={value}"]
     log = (wd / "postgres.log").open("wb")
-    proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     mp = ManagedProcess("postgres", port, proc, wd, args)
     deadline = time.monotonic() + 30

@@ -1,7 +1,7 @@
 """Private Redis topologies for tests: Sentinel, Cluster and TLS, on free loopback ports.
 
 Everything here starts processes of its own (never touches the shared Redis on 6379)
-and returns :class:`~ordercache.app.local.ManagedProcess` objects the caller stops.
+and returns :class:`~ordercache.local.services.ManagedProcess` objects the caller stops.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from ordercache.app.local import (
+from ordercache.local.services import (
     ManagedProcess,
     free_port,
     start_redis_server,

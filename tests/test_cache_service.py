@@ -13,15 +13,15 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, update
 
-from ordercache.app.cache.breaker import CircuitBreaker
-from ordercache.app.cache.codec import INVENTORY, ORDER
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.ops import Invalidate, Refresh
-from ordercache.app.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.app.context import AppContext
-from ordercache.app.errors import CacheError, InvalidIdError
-from ordercache.app.keys import KeySpace, TtlPolicy, View
-from ordercache.app.local import ManagedProcess, start_redis_server
+from ordercache.cache.breaker import CircuitBreaker
+from ordercache.cache.keys import KeySpace, TtlPolicy
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.ops import Invalidate, Refresh
+from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
+from ordercache.cache.views import INVENTORY, ORDER, View
+from ordercache.errors import CacheError, InvalidIdError
+from ordercache.local.services import ManagedProcess, start_redis_server
 from ordercache.models.orm import Inventory, Product
 from ordercache.models.views import ProductInventory
 from tests.conftest import REDIS_URL

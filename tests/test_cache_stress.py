@@ -21,10 +21,9 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from ordercache.app.cache.codec import INVENTORY
-from ordercache.app.cache.service import CacheService
 from ordercache.app.context import AppContext
-from ordercache.app.keys import View
+from ordercache.cache.service import CacheService
+from ordercache.cache.views import INVENTORY, View
 from ordercache.models.orm import Inventory
 from ordercache.models.views import ProductInventory
 from tests.conftest import REDIS_URL
@@ -142,11 +141,11 @@ LEASE_CHILD = """
 import asyncio, sys, time
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from ordercache.app.cache.codec import INVENTORY
-from ordercache.app.cache.service import CacheService
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.service import CacheConfig, build_cache_service
-from ordercache.app.keys import KeySpace, TtlPolicy
+from ordercache.cache.views import INVENTORY
+from ordercache.cache.service import CacheService
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.service import CacheConfig, build_cache_service
+from ordercache.cache.keys import KeySpace, TtlPolicy
 from ordercache.models.views import ProductInventory
 
 url, prefix, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])

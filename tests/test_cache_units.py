@@ -9,20 +9,16 @@ from typing import Any
 
 import pytest
 
-from ordercache.agents.batch import Backoff, plan_batch
-from ordercache.app.cache.breaker import BreakerState, CircuitBreaker
-from ordercache.app.cache.codec import (
-    INVENTORY,
-    ORDER,
-    CorruptEntryError,
-    encode_negative,
-    entry_version,
-)
-from ordercache.app.cache.ops import Invalidate
-from ordercache.app.cache.singleflight import SingleFlight
-from ordercache.app.errors import DecodeError, InvalidIdError
-from ordercache.app.keys import SCHEMA_VERSION, KeySpace, TtlPolicy, View, validate_id
+from ordercache.agents.batch import plan_batch
+from ordercache.cache.breaker import BreakerState, CircuitBreaker
+from ordercache.cache.codec import CorruptEntryError, encode_negative, entry_version
+from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
+from ordercache.cache.ops import Invalidate
+from ordercache.cache.singleflight import SingleFlight
+from ordercache.cache.views import INVENTORY, ORDER, SPECS, View
+from ordercache.errors import DecodeError, InvalidIdError
 from ordercache.models.views import ProductInventory
+from ordercache.retry import Backoff
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -56,7 +52,7 @@ def test_invalid_ids(raw: object) -> None:
 def test_keys_share_a_cluster_hash_tag() -> None:
     ks = KeySpace("oc")
     entry, guard, lease = ks.triple(View.ORDER, 123)
-    assert entry == f"oc:v{SCHEMA_VERSION[View.ORDER]}:order:{{123}}"
+    assert entry == f"oc:v{SPECS[View.ORDER].schema_version}:order:{{123}}"
     assert (guard, lease) == (ks.guard(View.ORDER, 123), ks.lease(View.ORDER, 123))
     # the hash tag (text between the first { and }) is the same for all three
     tags = {k[k.index("{") + 1 : k.index("}")] for k in (entry, guard, lease)}
@@ -65,7 +61,7 @@ def test_keys_share_a_cluster_hash_tag() -> None:
 
 @pytest.mark.parametrize("view", list(View))
 def test_schema_version_is_in_every_key(view: View) -> None:
-    assert f":v{SCHEMA_VERSION[view]}:" in KeySpace("p").entry(view, 5)
+    assert f":v{SPECS[view].schema_version}:" in KeySpace("p").entry(view, 5)
 
 
 def test_ttl_policy_defaults_and_jitter() -> None:
@@ -242,8 +238,14 @@ def test_plan_batch_keeps_order_rejects_bad_and_dedupes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attempt", "rnd", "expected"),
-    [(1, 0.0, 0.025), (1, 1.0, 0.05), (2, 1.0, 0.1), (3, 1.0, 0.2), (10, 1.0, 2.0), (30, 0.0, 1.0)],
+    ("attempt", "ceiling"), [(0, 0.05), (1, 0.1), (2, 0.2), (5, 1.6), (6, 2.0)]
 )
-def test_backoff(attempt: int, rnd: float, expected: float) -> None:
-    assert Backoff(base=0.05, cap=2.0).delay(attempt, rnd) == pytest.approx(expected)
+def test_backoff_is_full_jitter_under_a_doubling_ceiling(attempt: int, ceiling: float) -> None:
+    delays = []
+    for _ in range(300):
+        b = Backoff(base=0.05, cap=2.0)
+        b.attempt = attempt
+        delays.append(b.next_delay())
+    assert all(0 <= d <= ceiling for d in delays)
+    # full jitter spreads over the whole range (each bound fails with p = 2**-300)
+    assert min(delays) < ceiling / 2 < max(delays)

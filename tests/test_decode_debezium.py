@@ -17,8 +17,8 @@ import pytest
 
 from ordercache.agents.decode import decode
 from ordercache.agents.plan import plan, unresolved
-from ordercache.app.cache.ops import CacheOp, Invalidate
-from ordercache.app.keys import View
+from ordercache.cache.ops import CacheOp, Invalidate
+from ordercache.cache.views import View
 from ordercache.models.events import ChangeEvent, Heartbeat, Tombstone
 
 DATA = Path(__file__).parent / "data" / "debezium"
@@ -126,7 +126,7 @@ def test_message_keys_keep_an_order_on_one_partition_under_the_schema_identities
 
 
 def test_identity_image_with_a_bad_key_is_still_an_error() -> None:
-    from ordercache.app.errors import DecodeError
+    from ordercache.errors import DecodeError
 
     value = json.dumps({"before": {"id": 0, "order_id": 0, "version": 0}, "after": None,
                         "op": "d", "source": {"table": "order_items"}}).encode()  # fmt: skip

@@ -2,7 +2,7 @@
 
 There is no Docker engine here, so the compose stack is checked by reading it: services,
 health checks and start order, and every ``ORDERCACHE_*`` variable against
-:class:`ordercache.app.settings.Settings` (the values go through ``load_settings``).
+:class:`ordercache.config.settings.Settings` (the values go through ``load_settings``).
 The pieces that can run here do run: the worker's health probe against a local HTTP
 server, the topic script through ``bash -n``, ``redis.conf`` in a private redis-server,
 the Prometheus config and every dashboard query through ``promtool``.
@@ -30,8 +30,8 @@ import pytest
 import redis
 import yaml
 
-from ordercache.app.local import free_port, wait_for_port
-from ordercache.app.settings import ENV_PREFIX, Settings, load_settings
+from ordercache.config.settings import ENV_PREFIX, Settings, load_settings
+from ordercache.local.services import free_port, wait_for_port
 from tests.ops_contract import (
     BUILTIN_SERIES,
     TARGET_LABELS,

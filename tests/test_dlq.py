@@ -162,8 +162,9 @@ def test_decode_error_becomes_the_pipelines_dead_letter() -> None:
     the original bytes and carries the decode error's reason and detail."""
     from types import SimpleNamespace
 
-    from ordercache.agents import build_dead_letter, is_tombstone
     from ordercache.agents.batch import plan_batch
+    from ordercache.agents.decode import is_tombstone
+    from ordercache.agents.dlq import build_dead_letter
     from ordercache.agents.plan import plan
 
     value = b'{"op":"x","after":{},"source":{"table":"orders"}}'

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ordercache.tables.dlq_stats import dlq_key, summarize
+from ordercache.agents.dlq import dlq_key, summarize
 from tests.conftest import REDIS_URL, unique
 from tests.web_harness import start_worker, wait_for
 

@@ -9,9 +9,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from ordercache.app import migrate
-from ordercache.app.db import create_engine, create_schema
-from ordercache.app.migrate import MigrationError
+from ordercache.db import migrate
+from ordercache.db.engine import create_engine, create_schema
+from ordercache.db.migrate import MigrationError
 from ordercache.models.orm import Base
 
 ORM_TABLES = set(Base.metadata.tables)

@@ -14,13 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
-from ordercache.agents import build_pipeline
 from ordercache.agents.outbox import OutboxRelay, message_of, topic_map
-from ordercache.app import repository as repo
-from ordercache.app import writes
-from ordercache.app.cache.codec import ORDER
 from ordercache.app.context import AppContext
+from ordercache.app.wiring import build_pipeline
+from ordercache.cache.views import ORDER
+from ordercache.db import repository as repo
+from ordercache.db.engine import create_engine, create_schema
 from ordercache.models.orm import Outbox
+from ordercache.sample import writes
 from tests.conftest import REDIS_URL, make_settings, unique
 from tests.test_pipeline import eventually, seed_catalog
 from tests.workers import ROOT
@@ -32,8 +33,14 @@ NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 @pytest.fixture
 async def env(
-    kafka_broker: str, pg_schema: str, tmp_path: Any
+    kafka_broker: str, fresh_pg_url: str, tmp_path: Any
 ) -> AsyncIterator[tuple[AppContext, Any, str]]:
+    """A database of its own: the outbox and the open orders these tests leave must not
+    meet other tests (the simulator picks up open orders)."""
+    engine = create_engine(fresh_pg_url)
+    await create_schema(engine)
+    await engine.dispose()
+    pg_schema = fresh_pg_url
     tag = unique("ob")
     settings = make_settings(
         redis_url=REDIS_URL, redis_key_prefix=tag, database_url=pg_schema,

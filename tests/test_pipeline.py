@@ -18,18 +18,17 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from sqlalchemy import insert
 
-from ordercache.agents import build_pipeline
 from ordercache.agents.dlq import DeadLetter
 from ordercache.agents.pipeline import ChangePipeline
-from ordercache.app import repository as repo
-from ordercache.app import writes
-from ordercache.app.cache.codec import INVENTORY, ORDER
 from ordercache.app.context import AppContext
-from ordercache.app.keys import View
-from ordercache.app.local import ManagedProcess, start_redis_server
-from ordercache.app.producer import ChangeEventProducer, Topics
-from ordercache.app.settings import Settings
+from ordercache.app.wiring import build_pipeline
+from ordercache.cache.views import INVENTORY, ORDER, View
+from ordercache.config.settings import Settings
+from ordercache.db import repository as repo
+from ordercache.local.services import ManagedProcess, start_redis_server
 from ordercache.models.orm import Customer, Inventory, Product
+from ordercache.sample import writes
+from ordercache.sample.producer import ChangeEventProducer, Topics
 from tests.conftest import REDIS_URL, make_settings, unique
 
 pytestmark = pytest.mark.kafka
@@ -359,7 +358,8 @@ async def test_tracking_updates_are_mirrored_once_even_when_redelivered(
     env: Any, kafka_broker: str
 ) -> None:
     settings, ctx, _, producer = env
-    from ordercache.agents.tracking import build_mirror, mirror_hook
+    from ordercache.agents.tracking import mirror_hook
+    from ordercache.app.wiring import build_mirror
 
     mirror = build_mirror(ctx)
     order_id = 600_000_000 + (hash(unique()) % 1_000_000)

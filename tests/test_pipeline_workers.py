@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from ordercache.app.cache.codec import INVENTORY
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.service import CacheService, build_cache_service
-from ordercache.app.keys import KeySpace, TtlPolicy, View
+from ordercache.cache.keys import KeySpace, TtlPolicy
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.service import CacheService, build_cache_service
+from ordercache.cache.views import INVENTORY, View
 from ordercache.models.views import ProductInventory
 from tests.conftest import REDIS_URL, unique
 from tests.workers import WorkerProcess

@@ -14,13 +14,14 @@ from ordercache.agents.plan import (
     tracking_update,
     unresolved,
 )
-from ordercache.app.cache.ops import CacheOp, Invalidate, Refresh
-from ordercache.app.keys import View
+from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.views import View
 from ordercache.models.events import (
     ROW_MODELS,
     ChangeEvent,
     Entity,
     Op,
+    OrderRow,
     Row,
     SourceInfo,
     Tombstone,
@@ -213,8 +214,19 @@ def test_deleted_version_rejects_the_last_version(before: int | None, guard: int
 
 
 def test_plan_is_pure_and_repeatable() -> None:
-    ev = event(ORD, Op.UPDATE, row(ORD, customer_id=6), row(ORD))
-    assert plan(ev) == plan(ev)
+    before, after = row(ORD, customer_id=6), row(ORD)
+    ev = event(ORD, Op.UPDATE, before, after)
+    assert isinstance(after, OrderRow)
+    expected = [
+        Invalidate(View.ORDER, after.id, after.version),
+        Invalidate(View.HISTORY, after.customer_id),
+        Invalidate(View.HISTORY, 6),
+    ]
+    first = plan(ev)
+    assert first == expected
+    # a second call gives the same answer and the event is left as it was
+    assert plan(ev) == expected
+    assert ev == event(ORD, Op.UPDATE, row(ORD, customer_id=6), row(ORD))
 
 
 @pytest.mark.parametrize(

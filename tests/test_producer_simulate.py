@@ -25,12 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordercache.agents.decode import decode
 from ordercache.agents.plan import plan
-from ordercache.app import writes
-from ordercache.app.cache.ops import Invalidate
-from ordercache.app.db import create_engine
-from ordercache.app.keys import View
-from ordercache.app.producer import ChangeEventProducer, Topics
-from ordercache.app.simulate import Simulator
+from ordercache.cache.ops import Invalidate
+from ordercache.cache.views import View
+from ordercache.db.engine import create_engine
 from ordercache.models.events import (
     PRIMARY_KEY,
     ROW_MODELS,
@@ -41,6 +38,9 @@ from ordercache.models.events import (
     RowChange,
     Tombstone,
 )
+from ordercache.sample import writes
+from ordercache.sample.producer import ChangeEventProducer, Topics
+from ordercache.sample.simulate import Simulator
 from tests.conftest import unique
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

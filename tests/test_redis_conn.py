@@ -21,9 +21,9 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ordercache.app.local import ManagedProcess, free_port, start_redis_server
-from ordercache.app.redis_conn import RedisHandle, create_redis
-from ordercache.app.settings import Settings
+from ordercache.config.settings import Settings
+from ordercache.local.services import ManagedProcess, free_port, start_redis_server
+from ordercache.redisconn.client import RedisHandle, create_redis
 from tests.conftest import REDIS_URL, make_settings, unique
 from tests.redis_procs import (
     LocalCluster,

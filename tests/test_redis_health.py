@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from ordercache.app.keys import KeySpace
-from ordercache.app.local import ManagedProcess, start_redis_server
-from ordercache.app.redis_health import (
+from ordercache.cache.keys import KeySpace
+from ordercache.health.redis_info import (
     RedisInfo,
     RedisMonitor,
     fetch_info,
     parse_info,
     probe_redis,
 )
+from ordercache.local.services import ManagedProcess, start_redis_server
 
 
 def client_for(proc: ManagedProcess) -> aioredis.Redis:

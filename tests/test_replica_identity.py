@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from ordercache.app.db import create_engine, create_schema
-from ordercache.app.migrate import upgrade
-from ordercache.app.replica_identity import REQUIRED, problems_of, replica_identity_problems
+from ordercache.db.engine import create_engine, create_schema
+from ordercache.db.migrate import upgrade
+from ordercache.db.replica_identity import REQUIRED, problems_of, replica_identity_problems
 
 ALL_OK = {t: ("f", frozenset()) for t in REQUIRED}
 

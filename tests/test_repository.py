@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from ordercache.app import repository as repo
-from ordercache.app.db import create_engine, create_schema, session_factory
+from ordercache.db import repository as repo
+from ordercache.db.engine import create_engine, create_schema, session_factory
 from ordercache.models.orm import (
     Customer,
     Inventory,

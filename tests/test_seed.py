@@ -14,11 +14,12 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordercache.app import repository as repo
-from ordercache.app.db import create_engine, session_factory
-from ordercache.app.seed import SeedReport, SeedSpec, run_seed
-from ordercache.app.seed_data import IdBase, Row, SeedGenerator, item_count
-from ordercache.app.seed_timeline import (
+from ordercache.db import repository as repo
+from ordercache.db.engine import create_engine, session_factory
+from ordercache.models.orm import Customer, Order, OrderItem, Product
+from ordercache.sample.seed import SeedReport, SeedSpec, run_seed
+from ordercache.sample.seed_data import IdBase, Row, SeedGenerator, item_count
+from ordercache.sample.seed_timeline import (
     DAY,
     HOUR,
     ORDER_STATUSES,
@@ -27,7 +28,6 @@ from ordercache.app.seed_timeline import (
     status_at,
     tracking_steps,
 )
-from ordercache.models.orm import Customer, Order, OrderItem, Product
 
 UNTIL = datetime(2026, 6, 1, tzinfo=UTC)
 SMALL = SeedSpec(customers=30, products=40, orders=400, items_per_order=3.0, seed=7, until=UNTIL)

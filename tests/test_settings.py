@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ordercache.app import configdoc
-from ordercache.app.errors import ConfigError
-from ordercache.app.settings import (
+from ordercache.config import doc as configdoc
+from ordercache.config.settings import (
     SECRET_FIELDS,
     Settings,
     env_name,
     load_settings,
     parse_hostports,
 )
+from ordercache.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 P = "ORDERCACHE_"
@@ -474,7 +474,7 @@ def test_console_entry_fails_with_one_line_naming_the_variable(
 def test_configuration_doc_is_up_to_date() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == configdoc.render(), (
-        "docs/configuration.md is stale: python -m ordercache.app.configdoc --write"
+        "docs/configuration.md is stale: python -m ordercache.config.doc --write"
     )
 
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from ordercache.app.keys import KeySpace
-from ordercache.app.local import ManagedProcess, free_port, start_redis_server
+from ordercache.cache.keys import KeySpace
+from ordercache.local.services import ManagedProcess, free_port, start_redis_server
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
 from ordercache.streams.consumer import StreamConsumer, StreamMessage
 from ordercache.streams.entry import TrackingRecord

@@ -9,9 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from ordercache.app.errors import DecodeError, InvalidIdError
-from ordercache.app.keys import KeySpace
-from ordercache.streams._redis import Backoff, safe_block_ms
+from ordercache.cache.keys import KeySpace
+from ordercache.errors import DecodeError, InvalidIdError
+from ordercache.retry import Backoff
+from ordercache.streams._redis import safe_block_ms
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
 from ordercache.streams.deadletter import dead_letter_fields
 from ordercache.streams.entry import (

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from ordercache.app.keys import KeySpace
+from ordercache.cache.keys import KeySpace
 from ordercache.streams.config import MirrorConfig
 from ordercache.streams.entry import TrackingRecord
 from ordercache.streams.errors import MirrorOrderError, StreamError

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from ordercache.app.keys import KeySpace
-from ordercache.app.local import ManagedProcess, start_redis_server
+from ordercache.cache.keys import KeySpace
+from ordercache.local.services import ManagedProcess, start_redis_server
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
 from ordercache.streams.consumer import StreamConsumer, StreamMessage
 from ordercache.streams.entry import TrackingRecord

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from ordercache.app.errors import InvalidIdError
-from ordercache.app.keys import KeySpace
-from ordercache.app.local import free_port
+from ordercache.cache.keys import KeySpace
+from ordercache.errors import InvalidIdError
+from ordercache.local.services import free_port
 from ordercache.streams.config import ConsumerConfig, MirrorConfig
 from ordercache.streams.entry import StreamEntry, TrackingRecord
 from ordercache.streams.layout import StreamLayout, dead_letter_key

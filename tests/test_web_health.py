@@ -23,8 +23,9 @@ import pytest
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.pipeline import ChangePipeline, PipelineConfig
 from ordercache.app.context import AppContext
-from ordercache.app.local import ManagedProcess, free_port, start_redis_server, start_tansu
-from ordercache.web.health import HealthChecker, HealthConfig
+from ordercache.app.wiring import health_checker
+from ordercache.health.readiness import HealthConfig
+from ordercache.local.services import ManagedProcess, free_port, start_redis_server, start_tansu
 from ordercache.web.metrics import WebMetrics
 from tests.conftest import unique
 from tests.web_harness import (
@@ -281,9 +282,10 @@ async def _stop(pipeline: ChangePipeline) -> None:
 
 
 async def test_broker_component_with_a_pipeline(ctx: AppContext, kafka_broker: str) -> None:
-    checker = HealthChecker(ctx, WebMetrics.create(ctx.registry), config=HealthConfig())
     pipeline = _pipeline(ctx, kafka_broker)
-    ctx.extras["pipeline"] = pipeline
+    checker = health_checker(
+        ctx, WebMetrics.create(ctx.registry), pipeline=pipeline, config=HealthConfig()
+    )
 
     # registered but not running: the worker would not keep the cache true
     report = await checker.ready()
@@ -307,11 +309,13 @@ async def test_broker_component_with_a_pipeline(ctx: AppContext, kafka_broker: s
 async def test_broker_hung_is_not_ready(ctx: AppContext) -> None:
     """A broker that stops answering (SIGSTOP): the metadata request times out."""
     tansu = start_tansu()
-    checker = HealthChecker(
-        ctx, WebMetrics.create(ctx.registry), config=HealthConfig(broker_timeout=1.0)
-    )
     pipeline = _pipeline(ctx, tansu.url)
-    ctx.extras["pipeline"] = pipeline
+    checker = health_checker(
+        ctx,
+        WebMetrics.create(ctx.registry),
+        pipeline=pipeline,
+        config=HealthConfig(broker_timeout=1.0),
+    )
     try:
         await pipeline.start()
         await _wait_assigned(pipeline)
@@ -335,8 +339,9 @@ async def test_broker_hung_is_not_ready(ctx: AppContext) -> None:
 
 async def test_broker_unreachable_is_not_ready(ctx: AppContext) -> None:
     """Nothing listens at the pipeline's bootstrap address: connection refused."""
-    checker = HealthChecker(ctx, WebMetrics.create(ctx.registry))
-    ctx.extras["pipeline"] = _pipeline(ctx, f"127.0.0.1:{free_port()}")
+    checker = health_checker(
+        ctx, WebMetrics.create(ctx.registry), pipeline=_pipeline(ctx, f"127.0.0.1:{free_port()}")
+    )
     report = await checker.ready()
     assert (report.status, report.http_status) == ("down", 503)
     broker = report.components["broker"]

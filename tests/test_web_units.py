@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ordercache.web.health import (
+from ordercache.health.readiness import (
     BrokerFacts,
     Component,
     Report,
@@ -200,7 +200,7 @@ def test_evaluate(
 
 
 def test_view_stats_from_registry_delta() -> None:
-    from ordercache.app.cache.metrics import CacheMetrics
+    from ordercache.cache.metrics import CacheMetrics
     from ordercache.web.metrics import WebMetrics
     from ordercache.web.stats import WINDOWED
 
@@ -324,10 +324,10 @@ def test_stats_reporter_renders_window_pipeline_streams_and_verdict() -> None:
     from prometheus_client import Gauge
 
     from ordercache.agents.metrics import PipelineMetrics
-    from ordercache.app.cache.breaker import CircuitBreaker
-    from ordercache.app.cache.metrics import CacheMetrics
-    from ordercache.app.redis_conn import create_redis
-    from ordercache.app.redis_health import RedisInfo, RedisMonitor
+    from ordercache.cache.breaker import CircuitBreaker
+    from ordercache.cache.metrics import CacheMetrics
+    from ordercache.health.redis_info import RedisInfo, RedisMonitor
+    from ordercache.redisconn.client import create_redis
     from ordercache.web.metrics import WebMetrics
     from ordercache.web.stats import StatsReporter
     from tests.conftest import make_settings
@@ -345,7 +345,7 @@ def test_stats_reporter_renders_window_pipeline_streams_and_verdict() -> None:
         redis=handle,
         monitor=monitor,
         breaker=CircuitBreaker(),
-        extras={"pipeline": type("P", (), {"assigned": {1, 2, 3}})()},
+        pipeline=type("P", (), {"assigned": {1, 2, 3}})(),
         thresholds=StatsThresholds(min_requests=10),
         clock=lambda: now[0],
     )

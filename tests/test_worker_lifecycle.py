@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ordercache.app.local import free_port, wait_for_port
+from ordercache.local.services import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "[^Worker]: Ready"

@@ -139,7 +139,7 @@ async def seed(database_url: str, *, history_orders: int = 130) -> Seeded:
     ``history_orders`` orders, a product with inventory."""
     import uuid
 
-    from ordercache.app.db import create_engine, session_factory
+    from ordercache.db.engine import create_engine, session_factory
     from ordercache.models.orm import (
         Customer,
         Inventory,

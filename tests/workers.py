@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ordercache.app.local import free_port
+from ordercache.local.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ordercache.app.cache.ops import CacheOp, Invalidate
-from ordercache.app.errors import DecodeError, InvalidIdError
+from ordercache.cache.ops import CacheOp, Invalidate
+from ordercache.errors import DecodeError, InvalidIdError
+from ordercache.streams.entry import TrackingRecord
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -37,6 +38,9 @@ Planner = Callable[[Any], list[CacheOp]]
 IsTombstone = Callable[[Any], bool | str | None]
 #: Why an event's plan cannot cover everything its change affected (or ``None``).
 Unresolved = Callable[[Any], str | None]
+#: The stream-mirror record of a decoded event read at a record's position, or None
+#: for events the mirror does not take; raises DecodeError for a record it refuses.
+TrackingExtractor = Callable[["RecordLike", Any], TrackingRecord | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,10 @@ class BatchPlan:
 
     ops: list[CacheOp] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    #: Decoded events, in order, for side consumers (e.g. the tracking mirror).
+    #: Decoded events, in order, for side consumers.
     events: list[tuple[RecordLike, Any]] = field(default_factory=list)
+    #: Tracking updates to mirror into Redis Streams, built (and validated) once, in order.
+    tracking: list[TrackingRecord] = field(default_factory=list)
     #: (topic, outcome) -> count; outcomes: applied, tombstone, heartbeat, dlq.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Applied events whose plan could not name every affected entry, with the reason.
@@ -72,6 +78,8 @@ def plan_batch(
     plan: Planner,
     is_tombstone: IsTombstone,
     unresolved: Unresolved | None = None,
+    *,
+    tracking: TrackingExtractor | None = None,
 ) -> BatchPlan:
     """Decode and plan a batch. Bad records become :class:`Rejected`, never exceptions."""
     out = BatchPlan()
@@ -86,6 +94,7 @@ def plan_batch(
                 out.outcomes[(rec.topic, outcome)] += 1
                 continue
             ops = plan(event)
+            mirrored = tracking(rec, event) if tracking is not None else None
         except DecodeError as exc:
             out.rejected.append(Rejected(rec, exc.reason, exc.detail))
             out.outcomes[(rec.topic, "dlq")] += 1
@@ -102,22 +111,11 @@ def plan_batch(
                 seen.add(op)
             out.ops.append(op)
         out.events.append((rec, event))
+        if mirrored is not None:
+            out.tracking.append(mirrored)
         out.outcomes[(rec.topic, "applied")] += 1
         reason = None if unresolved is None else unresolved(event)
         if reason is not None:
             out.unresolved.append((rec, event, reason))
         out.timestamps.append(rec.timestamp)
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Retry delays as data: exponential from ``base`` to ``cap`` with full jitter."""
-
-    base: float = 0.05
-    cap: float = 2.0
-
-    def delay(self, attempt: int, rnd: float) -> float:
-        """Delay before retry ``attempt`` (1-based); ``rnd`` in [0, 1)."""
-        step: float = self.base * 2.0 ** (attempt - 1)
-        return min(self.cap, step) * (0.5 + rnd / 2)

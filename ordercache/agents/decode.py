@@ -12,7 +12,7 @@ A null value is a :class:`Tombstone`; a Debezium heartbeat (``{"ts_ms": N}``) is
 :class:`Heartbeat`. A delete's before image that is only the replica identity
 (Debezium's type-default placeholders in the other columns) is recognised as such and
 never validated as a row (:func:`_before`). Anything else raises
-:class:`~ordercache.app.errors.DecodeError` with a short ``reason`` (see
+:class:`~ordercache.errors.DecodeError` with a short ``reason`` (see
 :data:`REASONS`); the agent sends the message to the dead-letter topic and goes on.
 
 Hot path (runs per event): one ``orjson.loads``, hand-checked envelope fields and
@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ordercache.app.errors import DecodeError
-from ordercache.app.settings import Settings
+from ordercache.config.settings import Settings
+from ordercache.errors import DecodeError
 from ordercache.models.events import (
     MAX_ID,
     PRIMARY_KEY,
@@ -367,3 +367,13 @@ def _header_text(raw: bytes | None) -> str:
     if not text or len(text) > 200:
         raise DecodeError("schema_mismatch", "header value empty or longer than 200 characters")
     return text
+
+
+def is_tombstone(event: object) -> bool | str:
+    """The outcome of a record that plans nothing and is no error, else False:
+    ``"tombstone"`` (null value) or ``"heartbeat"`` (a Debezium heartbeat)."""
+    if isinstance(event, Tombstone):
+        return "tombstone"
+    if isinstance(event, Heartbeat):
+        return "heartbeat"
+    return False

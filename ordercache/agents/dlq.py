@@ -1,4 +1,4 @@
-"""Dead-letter records: what an undecodable message becomes on the DLQ topic.
+"""Dead letters of the change pipeline: their format, how they are built, how they count.
 
 Format (the Kafka Connect convention, ``errors.deadletterqueue.context.headers``):
 the DLQ message keeps the **original key and value bytes unchanged** and the
@@ -11,9 +11,12 @@ consumer prints it), and replaying is a copy of key, value and headers back to
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from ordercache.agents.batch import Rejected
 
 HEADER_PREFIX = "ordercache.dlq."
 H_REASON = HEADER_PREFIX + "reason"
@@ -170,3 +173,48 @@ def _opt_int(text: str | None, default: int | None = None) -> int | None:
         return int(text)
     except ValueError:
         return default
+
+
+def build_dead_letter(r: Rejected) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The DLQ message of a rejected record: original bytes plus context headers."""
+    rec = r.record
+    dl = dead_letter(
+        r.reason,
+        r.detail,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        headers=list(rec.headers or ()),
+        timestamp_ms=rec.timestamp,
+        now_ms=int(time.time() * 1000),
+    )
+    return dl.key, dl.value, [(k, v if v is not None else b"") for k, v in dl.headers]
+
+
+# ----------------------------------------------------------------------- counting
+def dlq_key(headers: Any, partition: int) -> str:
+    """``"{source topic}|{reason}|{dlq partition}"`` from a DLQ message's headers.
+
+    The DLQ partition is part of the key so that each key lives in exactly one
+    changelog partition of the counting table (:mod:`ordercache.tables.dlq_stats`).
+    """
+    found: dict[str, bytes] = {}
+    items = headers.items() if isinstance(headers, dict) else headers or ()
+    for name, raw in items:
+        if name in (H_REASON, H_TOPIC):
+            found[name] = raw if isinstance(raw, bytes) else str(raw).encode()
+    reason = found.get(H_REASON, b"unknown").decode("utf-8", "replace")
+    topic = found.get(H_TOPIC, b"unknown").decode("utf-8", "replace")
+    return f"{topic}|{reason}|{partition}"
+
+
+def summarize(items: Iterable[tuple[Any, Any]]) -> dict[str, dict[str, int]]:
+    """Counting-table items -> ``{source topic: {reason: count}}`` summed over partitions."""
+    out: dict[str, dict[str, int]] = {}
+    for key, count in items:
+        topic, reason, _ = str(key).split("|", 2)
+        per = out.setdefault(topic, {})
+        per[reason] = per.get(reason, 0) + int(count)
+    return out

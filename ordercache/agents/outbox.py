@@ -1,7 +1,7 @@
 """The local outbox relay: a polling publisher for the transactional outbox table.
 
 Writers put one ``outbox`` row per changed aggregate in the same transaction as the
-change (:func:`ordercache.app.writes.record_outbox`). In production Debezium's
+change (:func:`ordercache.sample.writes.record_outbox`). In production Debezium's
 outbox event router relays the inserts (deploy/debezium/). Without Kafka Connect
 (the local default) this service does the same job inside the worker:
 
@@ -35,7 +35,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ordercache.app.writes import OUTBOX
+from ordercache.sample.writes import OUTBOX
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ and consumes with aiokafka directly — ``getmany`` batches, one Redis pipeline 
 batch, a manual commit after the batch applied. Why not a ``@app.agent`` with
 ``stream.take``: Faust acks an event once the agent moves past it, even when the
 processing raised (faust-streaming #315), and its per-event machinery caps a worker
-at a few thousand events per second (DESIGN.md's reference: about 4.3k/s), far from
+at a few thousand events per second (a reference run: about 4.3k/s, docs/pipeline.md), far from
 the target. Owning the commit gives at-least-once by construction:
 
 * the committed offset never passes a record whose cache operation did not apply —
@@ -26,33 +26,32 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
-from redis.asyncio.cluster import RedisCluster
 
 from ordercache.agents.batch import (
-    Backoff,
     BatchPlan,
     Decoder,
     IsTombstone,
     Planner,
     Rejected,
+    TrackingExtractor,
     Unresolved,
     plan_batch,
 )
 from ordercache.agents.metrics import PipelineMetrics
-from ordercache.app.cache.ops import CacheOp
-from ordercache.app.cache.service import CacheService
-from ordercache.app.errors import OrderCacheError
+from ordercache.cache.interface import Cache
+from ordercache.cache.ops import CacheOp
+from ordercache.errors import OrderCacheError
+from ordercache.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,9 @@ class PipelineConfig:
     dlq_topic: str
     max_records: int = 2000
     poll_ms: int = 20
-    backoff: Backoff = field(default_factory=Backoff)
+    #: Retry delays of a batch that did not apply: first delay and cap, seconds.
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
     reapply_window: float = 30.0
     failover_check_interval: float = 2.0
     session_timeout_ms: int = 10_000
@@ -91,13 +92,14 @@ class ChangePipeline(mode.Service):
     def __init__(
         self,
         config: PipelineConfig,
-        cache: CacheService,
+        cache: Cache,
         metrics: PipelineMetrics,
         *,
         decode: Decoder,
         plan: Planner,
         is_tombstone: IsTombstone,
         dead_letter: DeadLetterBuilder,
+        tracking: TrackingExtractor | None = None,
         hooks: Sequence[BatchHook] = (),
         unresolved: Unresolved | None = None,
         **kwargs: Any,
@@ -111,6 +113,7 @@ class ChangePipeline(mode.Service):
         self._is_tombstone = is_tombstone
         self._unresolved = unresolved
         self._dead_letter = dead_letter
+        self._tracking = tracking
         self._hooks = list(hooks)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -123,7 +126,7 @@ class ChangePipeline(mode.Service):
     async def on_start(self) -> None:
         c = self.config
         await ensure_topics(c.bootstrap, [*c.topics, c.dlq_topic], c.partitions)
-        self._run_id = await self._redis_identity()
+        self._run_id = await self.cache.server_identity()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=c.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
         )
@@ -194,7 +197,10 @@ class ChangePipeline(mode.Service):
 
     async def process(self, records: Sequence[Any]) -> bool:
         """Apply one batch; False if the service stopped before it applied."""
-        bp = plan_batch(records, self._decode, self._plan, self._is_tombstone, self._unresolved)
+        bp = plan_batch(
+            records, self._decode, self._plan, self._is_tombstone, self._unresolved,
+            tracking=self._tracking,
+        )  # fmt: skip
         if not await self._retrying(lambda: self._apply(bp)):
             return False
         if bp.rejected and not await self._retrying(lambda: self._send_dead_letters(bp.rejected)):
@@ -226,7 +232,7 @@ class ChangePipeline(mode.Service):
 
     async def _retrying(self, fn: Callable[[], Awaitable[object]]) -> bool:
         """Run ``fn`` until it succeeds; back off on retriable errors; False if stopping."""
-        attempt = 0
+        backoff = Backoff(self.config.backoff_base, self.config.backoff_cap)
         while True:
             try:
                 await fn()
@@ -234,10 +240,11 @@ class ChangePipeline(mode.Service):
             except (OrderCacheError, KafkaError) as exc:
                 if isinstance(exc, OrderCacheError) and not exc.retriable:
                     raise
-                attempt += 1
+                delay = backoff.next_delay()
                 self.metrics.retries.inc()
-                delay = self.config.backoff.delay(attempt, random.random())
-                log.warning("batch not applied (%s); retry %d in %.2fs", exc, attempt, delay)
+                log.warning(
+                    "batch not applied (%s); retry %d in %.2fs", exc, backoff.attempt, delay
+                )
                 if self.should_stop:
                     return False
                 await self.sleep(delay)
@@ -295,26 +302,11 @@ class ChangePipeline(mode.Service):
         while recent and recent[0][0] < horizon:
             recent.popleft()
 
-    async def _redis_identity(self) -> bytes | None:
-        """The server's ``run_id`` (changes on restart and failover); None if unreachable."""
-        client = self.cache.backend.client
-        try:
-            if isinstance(client, RedisCluster):
-                # every primary: a failover of any one of them must be noticed
-                replies = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
-                infos = list(replies.values()) if _per_node(replies) else [replies]
-            else:
-                infos = [await client.info("server")]
-        except Exception as exc:  # noqa: BLE001 - any failure here means "try later"
-            log.debug("Redis identity not read: %s", exc)
-            return None
-        return ",".join(sorted(str(i.get("run_id", "")) for i in infos)).encode()
-
     async def _watch_failover(self) -> None:
         """Re-apply recent operations when Redis's identity changes (restart/failover)."""
         while not self.should_stop:
             await self.sleep(self.config.failover_check_interval)
-            run_id = await self._redis_identity()
+            run_id = await self.cache.server_identity()
             if run_id is None:
                 continue
             # The first identity seen counts as a change when operations were applied
@@ -339,10 +331,6 @@ class ChangePipeline(mode.Service):
                     return start  # stopping
                 self.metrics.reapplied.inc(len(chunk))
         return len(ops)
-
-
-def _per_node(replies: Any) -> bool:
-    return isinstance(replies, dict) and all(isinstance(v, dict) for v in replies.values())
 
 
 async def ensure_topics(bootstrap: list[str], topics: Sequence[str], partitions: int) -> None:

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ordercache.app.cache.ops import CacheOp, Invalidate, Refresh
-from ordercache.app.keys import View
+from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.views import View
 from ordercache.models.events import (
     ChangeEvent,
     CustomerRow,

@@ -29,7 +29,7 @@ def register(app: faust.App, ctx: AppContext) -> None:
         rng_seed: int,
     ) -> None:
         """Create the schema and fill the database with realistic sample data."""
-        from ordercache.app.seed import SeedSpec, run_seed
+        from ordercache.sample.seed import SeedSpec, run_seed
 
         spec = SeedSpec(
             customers=customers,
@@ -60,16 +60,16 @@ def register(app: faust.App, ctx: AppContext) -> None:
         rng_seed: int | None,
     ) -> None:
         """Drive order lifecycles against the database and emit their change events."""
-        from ordercache.app.simulate import run_simulation
+        from ordercache.sample.producer import Topics
+        from ordercache.sample.simulate import run_simulation
 
         if form not in ("envelope", "outbox"):
             raise SystemExit("ordercache simulate: --form must be envelope or outbox")
-        # The broker the app was configured with (settings or the local fallback).
-        bootstrap = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
         try:
             stats = await run_simulation(
-                ctx,
-                bootstrap,
+                ctx.engine,
+                Topics.from_settings(ctx.settings),
+                ctx.settings.kafka_bootstrap,
                 rate=rate,
                 duration=duration,
                 events=events,
@@ -85,7 +85,7 @@ def register(app: faust.App, ctx: AppContext) -> None:
     )
     async def migrate(self: Any, revision: str) -> None:
         """Upgrade the database schema with Alembic (adopts a create_all schema)."""
-        from ordercache.app.migrate import upgrade_engine
+        from ordercache.db.migrate import upgrade_engine
 
         try:
             result = await upgrade_engine(ctx.engine, revision)
@@ -100,8 +100,8 @@ def register(app: faust.App, ctx: AppContext) -> None:
     )
     async def tail(self: Any, order_id: str, from_start: bool, count: int | None) -> None:
         """Follow one order's tracking updates live (XREAD BLOCK on its stream)."""
-        from ordercache.app.errors import InvalidIdError
-        from ordercache.app.keys import validate_id
+        from ordercache.cache.keys import validate_id
+        from ordercache.errors import InvalidIdError
         from ordercache.streams import format_entry
         from ordercache.streams import tail as tail_stream
 

@@ -1,25 +1,24 @@
 """The process-wide resources, built once from settings and passed in.
 
 Building a context does no I/O (clients connect lazily); :meth:`AppContext.aclose`
-closes everything it owns. The cache service, agents and web views receive the
-context instead of reaching for globals.
+closes everything it owns. Subsystems never receive the context itself: the wiring
+(:mod:`ordercache.app.wiring`) hands each one the typed parts it uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ordercache.app.cache.breaker import CircuitBreaker
-from ordercache.app.cache.metrics import CacheMetrics
-from ordercache.app.cache.service import CacheConfig, CacheService, build_cache_service
-from ordercache.app.db import engine_from_settings, session_factory
-from ordercache.app.keys import KeySpace, TtlPolicy
-from ordercache.app.redis_conn import RedisHandle, create_redis
-from ordercache.app.settings import Settings
+from ordercache.cache.breaker import CircuitBreaker
+from ordercache.cache.keys import KeySpace, TtlPolicy
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
+from ordercache.config.settings import Settings
+from ordercache.db.engine import engine_from_settings, session_factory
+from ordercache.redisconn.client import RedisHandle, create_redis
 
 
 @dataclass
@@ -34,20 +33,20 @@ class AppContext:
     keys: KeySpace
     ttls: TtlPolicy
     cache: CacheService
-    #: Filled by the subsystems that register themselves (cache, pipeline, streams).
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: True when this process started the local default's broker and Redis.
+    local_default: bool = False
 
     @classmethod
     def build(
         cls,
         settings: Settings,
         *,
-        redis_url: str | None = None,
         registry: CollectorRegistry | None = None,
+        local_default: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        redis = create_redis(settings, url=redis_url)
+        redis = create_redis(settings)
         keys = KeySpace(settings.redis_key_prefix)
         ttls = TtlPolicy.from_settings(settings)
         cache = build_cache_service(
@@ -72,6 +71,7 @@ class AppContext:
             keys=keys,
             ttls=ttls,
             cache=cache,
+            local_default=local_default,
         )
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""The Faust application: built by a function from settings, never at import time."""
+"""The Faust application: built by a function from the context, never at import time."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import faust
 import mode
 from redis.exceptions import RedisError
 
+from ordercache.app import commands
 from ordercache.app.context import AppContext
-from ordercache.app.settings import Settings
+from ordercache.app.wiring import wire
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,12 @@ class LifecycleService(mode.Service):
         log.info("Redis and database connections closed")
 
 
-def create_app(
-    settings: Settings,
-    ctx: AppContext,
-    *,
-    broker_url: str | None = None,
-) -> faust.App:
+def create_app(ctx: AppContext) -> faust.App:
     """A configured Faust app with the ordercache agents, tables, views and commands."""
-    broker = broker_url or settings.faust_broker
-    ctx.extras["kafka_bootstrap"] = broker.removeprefix("kafka://").split(";")
+    settings = ctx.settings
     app = faust.App(
         settings.app_id,
-        broker=broker,
+        broker=settings.faust_broker,
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_host=settings.web_host,
@@ -74,42 +69,7 @@ def create_app(
         web_tables_enabled=False,
         logging_config=None,
     )
-    app.ctx = ctx  # type: ignore[attr-defined]
     app.add_dependency(LifecycleService(ctx))
-
-    from ordercache.app import commands
-
     commands.register(app, ctx)
-    _register_optional(app, ctx)
-    if ctx.extras.get("local_default"):
-        from ordercache.agents.outbox import OutboxRelay, topic_map
-        from ordercache.app.local_traffic import LocalTraffic
-
-        # No Kafka Connect here: the worker relays the transactional outbox itself.
-        s = ctx.settings
-        app.add_dependency(
-            OutboxRelay(
-                ctx.sessions,
-                ctx.extras["kafka_bootstrap"],
-                topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
-            )
-        )
-        # Last, so the pipeline has created the topics the sample traffic goes to.
-        app.add_dependency(LocalTraffic(ctx, ctx.extras["kafka_bootstrap"]))
+    wire(app, ctx)
     return app
-
-
-def _register_optional(app: faust.App, ctx: AppContext) -> None:
-    """Plug in the subsystems (each module exposes ``register(app, ctx)``)."""
-    import importlib
-
-    for module in (
-        "ordercache.agents",
-        "ordercache.tables",
-        "ordercache.streams",
-        "ordercache.web",
-    ):
-        mod = importlib.import_module(module)
-        register = getattr(mod, "register", None)
-        if register is not None:
-            register(app, ctx)

@@ -14,15 +14,18 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from ordercache.app.errors import ConfigError
-from ordercache.app.local import ManagedProcess, start_redis_server, start_tansu
-from ordercache.app.settings import Settings, load_settings
+from ordercache.config.settings import Settings, load_settings
+from ordercache.errors import ConfigError
+from ordercache.local.services import ManagedProcess, start_local_services
 
 log = logging.getLogger("ordercache")
 
 #: Commands that run the worker and so need the broker and Redis running.
 _WORKER_COMMANDS = frozenset({"worker"})
 
+#: Where the other commands look when nothing is configured (they start nothing).
+_CONVENTIONAL_BROKER = "127.0.0.1:9092"
+_CONVENTIONAL_REDIS = "redis://127.0.0.1:6379/0"
 
 #: Settings.log_level in the spelling of Faust's ``--loglevel``.
 _FAUST_LOGLEVEL = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR"}
@@ -53,29 +56,6 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], str | None, str | None]:
-    """Start what the local default needs; return (processes, broker URL, redis URL)."""
-    procs: list[ManagedProcess] = []
-    broker_url = redis_url = None
-    try:
-        if settings.kafka_broker is None:
-            tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
-            procs.append(tansu)
-            broker_url = f"kafka://{tansu.url}"
-            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
-        if settings.redis_is_local:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            redis = start_redis_server(settings.redis_server_bin)
-            procs.append(redis)
-            redis_url = f"redis://{redis.url}/0"
-            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
-    except BaseException:
-        for p in reversed(procs):
-            p.cleanup()
-        raise
-    return procs, broker_url, redis_url
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     args = list(sys.argv if argv is None else argv)
@@ -89,12 +69,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ordercache.app.faust_app import create_app
 
     procs: list[ManagedProcess] = []
-    broker_url = redis_url = None
     if _command(args) in _WORKER_COMMANDS:
         args = _with_loglevel(args, settings)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
-            procs, broker_url, redis_url = start_local_services(settings)
+            procs, settings = start_local_services(settings)
         except (ConfigError, TimeoutError, OSError) as exc:
             print(f"ordercache: cannot start the local default: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -102,15 +81,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Other commands (seed, migrate, simulate, tail, --help) start nothing: with no
         # broker or Redis configured they use the conventional local addresses, which
         # only the commands that talk to them (simulate, tail) will ever dial.
-        if settings.kafka_broker is None:
-            broker_url = "kafka://127.0.0.1:9092"
-        if settings.redis_is_local:
-            redis_url = "redis://127.0.0.1:6379/0"
+        settings = settings.with_endpoints(
+            kafka_broker=_CONVENTIONAL_BROKER if settings.kafka_broker is None else None,
+            redis_url=_CONVENTIONAL_REDIS if settings.redis_is_local else None,
+        )
 
     try:
-        ctx = AppContext.build(settings, redis_url=redis_url)
-        ctx.extras["local_default"] = bool(procs)
-        app = create_app(settings, ctx, broker_url=broker_url)
+        ctx = AppContext.build(settings, local_default=bool(procs))
+        app = create_app(ctx)
         sys.argv = args
         app.main()
     except ConfigError as exc:

@@ -1,6 +1,6 @@
 """Alembic environment of ordercache: migrations run on the async engine.
 
-:mod:`ordercache.app.migrate` runs Alembic inside a connection it already holds
+:mod:`ordercache.db.migrate` runs Alembic inside a connection it already holds
 (``config.attributes["connection"]``, a sync facade over the async connection, see
 ``AsyncConnection.run_sync``). Run from Alembic's CLI, this file builds the engine
 itself from ``config.attributes["url"]`` or ``ORDERCACHE_DATABASE_URL``.
@@ -14,8 +14,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from ordercache.app.db import create_engine
-from ordercache.app.settings import load_settings
+from ordercache.config.settings import load_settings
+from ordercache.db.engine import create_engine
 from ordercache.models.orm import Base
 
 config = context.config

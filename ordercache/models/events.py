@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-#: Largest id a key accepts (see ordercache.app.keys.validate_id).
+#: Largest id a key accepts (see ordercache.cache.keys.validate_id).
 MAX_ID = 2**63 - 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -270,8 +270,8 @@ class TrackingUpdate(BaseModel):
 
     @classmethod
     def from_row(cls, row: TrackingEventRow) -> TrackingUpdate:
-        """The mirror record of a ``tracking_events`` row image."""
-        return cls.model_construct(
+        """The mirror record of a ``tracking_events`` row image (validated)."""
+        return cls(
             event_id=row.event_id,
             order_id=row.order_id,
             status=row.status,

@@ -2,7 +2,7 @@
 
 Every table has ``version``, increased by every update of the row. Writes that
 change a cached view also bump the version of the row the view is keyed by, in the
-same transaction (see :mod:`ordercache.app.writes`):
+same transaction (see :mod:`ordercache.sample.writes`):
 
 * order details  -> ``orders.version``      (order, its items, its tracking events)
 * order history  -> ``customers.orders_version`` (any order of the customer)
@@ -159,7 +159,7 @@ class Outbox(Base):
     """The transactional outbox, in the shape of Debezium's outbox event router.
 
     A writer inserts one row per changed aggregate in the same transaction as the
-    change (:mod:`ordercache.app.writes`). Debezium relays inserts (``id`` becomes the
+    change (:mod:`ordercache.sample.writes`). Debezium relays inserts (``id`` becomes the
     message header ``id``, ``aggregateid`` the key, ``payload`` the value); without
     Connect, the worker's relay publishes rows in ``seq`` order and deletes them.
     """

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.redisconn.client import AnyRedis
 
 #: Errors after which the same call may succeed later (the server or link is away).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -51,29 +48,3 @@ def safe_block_ms(client: AnyRedis, wanted_ms: int) -> int:
     ceiling = int(timeout * 1000 * 0.8)
     ceiling = min(ceiling, int(timeout * 1000) - 50)
     return max(10, min(wanted_ms, ceiling))
-
-
-class Backoff:
-    """Exponential backoff with full jitter; ``reset()`` after a success."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return random.uniform(0, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    async def sleep(self, stop: asyncio.Event | None = None) -> None:
-        """Sleep the next delay, or less if ``stop`` is set meanwhile."""
-        delay = self.next_delay()
-        if stop is None:
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)

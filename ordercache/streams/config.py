@@ -1,12 +1,15 @@
 """Tunables of the tracking mirror and the consumer-group worker, as plain data.
 
-Defaults are production-sane; the lead maps ``ORDERCACHE_STREAM_*`` settings onto
-them (see docs/streams.md). Validation happens here so a bad value fails at start.
+Defaults are production-sane; ``from_settings`` maps the ``ORDERCACHE_STREAM_*``
+settings onto them (see docs/streams.md). Validation happens here so a bad value fails at start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from ordercache.config.settings import Settings
 
 #: Global shards unless configured otherwise.
 DEFAULT_SHARDS = 4
@@ -50,6 +53,18 @@ class MirrorConfig:
     #: so the client packs one while Redis runs another; 1 = a single pipeline.
     pipelines: int = 4
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> MirrorConfig:
+        """The mirror's tunables from ``ORDERCACHE_STREAM_*``."""
+        return cls(
+            shards=s.stream_shards,
+            global_maxlen=s.stream_maxlen,
+            global_max_age_ms=s.stream_max_age * 1000,
+            order_maxlen=s.stream_order_maxlen,
+            order_ttl_ms=s.stream_order_ttl * 1000,
+            dedupe_window_ms=s.stream_dedupe_window * 1000,
+        )
+
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards: expected 1..1024, got {self.shards!r}")
@@ -89,6 +104,15 @@ class ConsumerConfig:
     start_id: str = "$"
     #: Where a group re-created after NOGROUP starts; "0" loses nothing retained.
     recover_id: str = "0"
+
+    @classmethod
+    def from_settings(cls, s: Settings, **overrides: Any) -> ConsumerConfig:
+        """Consumer-group tunables from ``ORDERCACHE_STREAM_*`` (``overrides`` win)."""
+        fields: dict[str, Any] = {
+            "max_deliveries": s.stream_max_deliveries,
+            "claim_idle_ms": int(s.stream_claim_idle * 1000),
+        }
+        return cls(**{**fields, **overrides})
 
     def __post_init__(self) -> None:
         _positive("count", self.count)

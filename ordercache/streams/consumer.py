@@ -31,9 +31,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ordercache.app.errors import OrderCacheError
-from ordercache.app.redis_conn import AnyRedis
-from ordercache.streams._redis import TRANSIENT_ERRORS, Backoff, is_nogroup, safe_block_ms
+from ordercache.errors import OrderCacheError
+from ordercache.redisconn.client import AnyRedis
+from ordercache.retry import Backoff
+from ordercache.streams._redis import TRANSIENT_ERRORS, is_nogroup, safe_block_ms
 from ordercache.streams.config import ConsumerConfig
 from ordercache.streams.deadletter import dead_letter_fields, move_to_dead_letters
 from ordercache.streams.entry import StreamEntry, decode_text

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from redis.typing import EncodableT, FieldT
 
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.redisconn.client import AnyRedis
 
 
 def dead_letter_fields(

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ordercache.app.errors import DecodeError
-from ordercache.app.keys import validate_id
+from ordercache.cache.keys import validate_id
+from ordercache.errors import DecodeError
 
 #: Version of the entry schema, written as field ``v``.
 ENTRY_SCHEMA_VERSION = "1"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ordercache.app.errors import OrderCacheError
+from ordercache.errors import OrderCacheError
 
 
 class StreamError(OrderCacheError):

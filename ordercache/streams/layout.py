@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ordercache.app.keys import KeySpace, validate_id
+from ordercache.cache.keys import KeySpace, validate_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,17 +13,17 @@ A batch costs one round trip: its shard calls travel in a few concurrent pipelin
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ordercache.app.keys import KeySpace
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.cache.keys import KeySpace
+from ordercache.redisconn.client import AnyRedis
+from ordercache.redisconn.scripts import LuaScript, raise_noscript, run_loading
 from ordercache.streams.config import MirrorConfig
 from ordercache.streams.entry import TrackingRecord, encode_fields
 from ordercache.streams.errors import MirrorOrderError, StreamError
@@ -45,17 +45,6 @@ class MirrorResult:
     added: int
     duplicates: int
     order_failures: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> _Script:
-        text = resources.files("ordercache.streams").joinpath(f"lua/{name}").read_text("utf-8")
-        return cls(text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
 
 
 def check_partition_order(records: Sequence[TrackingRecord]) -> None:
@@ -105,7 +94,7 @@ class StreamMirror:
         self.config = config or MirrorConfig()
         self.layout = StreamLayout(keys, self.config.shards)
         self.metrics = metrics
-        self._script = _Script.load("mirror.lua")
+        self._script = LuaScript.from_package("ordercache.streams", "mirror")
         #: Pipelines in flight per batch (never more than there are shards).
         self._lanes = min(self.config.shards, self.config.pipelines)
 
@@ -121,13 +110,11 @@ class StreamMirror:
         check_partition_order(records)
         calls = self._plan(records)
         try:
-            try:
-                results = await self._run(calls)
-            except NoScriptError:
-                # A restarted or failed-over Redis forgot the scripts: load them and
-                # run the batch again, which the dedupe state makes harmless.
-                await self._load_scripts()
-                results = await self._run(calls)
+            # A restarted or failed-over Redis forgot the script: it is loaded and the
+            # batch runs again, which the dedupe state makes harmless.
+            results = await run_loading(
+                self.redis, [self._script], functools.partial(self._run, calls)
+            )
         except (RedisError, OSError) as exc:
             raise StreamError(f"mirroring {len(records)} tracking records failed: {exc}") from exc
         added = duplicates = order_failures = 0
@@ -146,7 +133,7 @@ class StreamMirror:
 
     # ------------------------------------------------------------------ internals
     def _plan(self, records: Sequence[TrackingRecord]) -> list[list[list[Any]]]:
-        """Per pipeline, its EVALSHA calls ``[sha, numkeys, *keys, *argv]``.
+        """Per pipeline, its calls ``["EVALSHA", sha, numkeys, *keys, *argv]``.
 
         Exactly one call per shard: were a shard's batch split into several calls,
         a later one could succeed after an earlier one failed and advance the
@@ -177,7 +164,7 @@ class StreamMirror:
                     keys.append(layout.order_stream(rec.order_id))
                     pos = index[rec.order_id] = len(keys)  # Lua's KEYS is 1-based
                 argv += record_args(rec, pos)
-            call = [self._script.sha, len(keys), *keys, *head, len(recs), *argv]
+            call = self._script.evalsha(keys, [*head, len(recs), *argv])
             lanes[shard % self._lanes].append(call)
         return [lane for lane in lanes if lane]
 
@@ -200,22 +187,15 @@ class StreamMirror:
     async def _run_pipeline(self, calls: list[list[Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for argv in calls:
-            pipe.execute_command("EVALSHA", *argv)
+            pipe.execute_command(*argv)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        for res in results:
-            if isinstance(res, NoScriptError):
-                raise res
+        raise_noscript(results)
         for res in results:
             if isinstance(res, ResponseError):
                 raise res
             if isinstance(res, Exception):
                 raise StreamError(f"mirroring failed: {res}") from res
         return results
-
-    async def _load_scripts(self) -> None:
-        sha = await self.redis.script_load(self._script.source)
-        if sha != self._script.sha:  # pragma: no cover - both are SHA1 of the same text
-            raise StreamError(f"script SHA mismatch: {sha!r} != {self._script.sha!r}")
 
 
 def _text(value: object) -> str:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ordercache.app.errors import ConfigError, DecodeError
-from ordercache.app.keys import KeySpace
-from ordercache.app.redis_conn import AnyRedis, create_redis
-from ordercache.app.settings import Settings, load_settings
+from ordercache.cache.keys import KeySpace
+from ordercache.config.settings import Settings, load_settings
+from ordercache.errors import ConfigError, DecodeError
+from ordercache.redisconn.client import AnyRedis, create_redis
 from ordercache.streams.config import ConsumerConfig
 from ordercache.streams.consumer import RejectEntry, StreamConsumer, StreamMessage
 from ordercache.streams.entry import TrackingEntry
@@ -127,11 +127,7 @@ def _blocking_settings(settings: Settings, block_ms: int) -> Settings:
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """Run the notifier until SIGINT or SIGTERM."""
     registry = CollectorRegistry()
-    config = ConsumerConfig(
-        start_id="0" if args.from_start else "$",
-        max_deliveries=settings.stream_max_deliveries,
-        claim_idle_ms=int(settings.stream_claim_idle * 1000),
-    )
+    config = ConsumerConfig.from_settings(settings, start_id="0" if args.from_start else "$")
     handle = create_redis(_blocking_settings(settings, config.block_ms))
     layout = StreamLayout(KeySpace(settings.redis_key_prefix), settings.stream_shards)
     notifier = Notifier(

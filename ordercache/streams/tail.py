@@ -8,9 +8,9 @@ from typing import Any
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ordercache.app.errors import DecodeError
-from ordercache.app.keys import KeySpace
-from ordercache.app.redis_conn import AnyRedis
+from ordercache.cache.keys import KeySpace
+from ordercache.errors import DecodeError
+from ordercache.redisconn.client import AnyRedis
 from ordercache.streams._redis import safe_block_ms
 from ordercache.streams.config import DEFAULT_SHARDS
 from ordercache.streams.entry import StreamEntry, decode_text

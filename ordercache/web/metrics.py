@@ -24,9 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from prometheus_client import generate_latest as generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ordercache.app.cache.metrics import LATENCY_BUCKETS
-from ordercache.app.redis_conn import RedisHandle
-from ordercache.app.redis_health import RedisMonitor
+from ordercache.cache.metrics import LATENCY_BUCKETS
+from ordercache.health.redis_info import RedisMonitor
+from ordercache.redisconn.client import RedisHandle
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import mode
 
-from ordercache.app.redis_health import RedisMonitor
-from ordercache.web.health import HealthChecker
+from ordercache.health.readiness import HealthChecker
+from ordercache.health.redis_info import RedisMonitor
 from ordercache.web.stats import StatsReporter
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
-    """Intervals in seconds. Override with ``ctx.extras["web_monitor_config"]``."""
+    """Intervals in seconds."""
 
     redis_interval: float = 5.0
     sample_interval: float = 10.0

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 import orjson
@@ -29,15 +29,13 @@ from faust import web
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from ordercache.app.cache.codec import HISTORY, INVENTORY, ORDER, ViewSpec
-from ordercache.app.cache.service import CacheService
-from ordercache.app.errors import InvalidIdError, OrderCacheError
-from ordercache.app.keys import View, validate_id
+from ordercache.cache.interface import Cache
+from ordercache.cache.keys import validate_id
+from ordercache.cache.views import HISTORY, INVENTORY, ORDER, View, ViewSpec
+from ordercache.db.loaders import DbLoaders
+from ordercache.errors import InvalidIdError, OrderCacheError
 from ordercache.models.views import HISTORY_CACHED_ORDERS, CustomerOrderHistory
 from ordercache.web.metrics import WebMetrics
-
-if TYPE_CHECKING:
-    from ordercache.web.loaders import DbLoaders
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +124,7 @@ DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 class ReadApi:
     """The three reads, independent of HTTP."""
 
-    def __init__(self, cache: CacheService, loaders: DbLoaders) -> None:
+    def __init__(self, cache: Cache, loaders: DbLoaders) -> None:
         self.cache = cache
         self.loaders = loaders
 

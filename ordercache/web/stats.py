@@ -4,29 +4,30 @@ Per view over the recent window (default 5 min, from snapshots every 10 s): requ
 hit ratio, read latency p50/p99 (interpolated from histogram buckets), Redis GET
 and database load latency. Then Redis memory, the circuit breaker, pipeline counts
 (events applied, dead letters, consumer lag, DLQ counts per reason from the
-changelog-backed table when ``ctx.extras["dlq_table"]`` is set), stream figures
-(``ctx.extras["stream_stats"]``, a callable returning a mapping, when registered;
-else the ``ordercache_stream_*`` gauges when the streams subsystem exports them),
-and a status: "degraded" with the reasons when a threshold of
-:class:`StatsThresholds` is crossed. Everything comes from in-memory metrics:
+changelog-backed table when the reporter is given it), stream figures (the
+``ordercache_stream_*`` gauges when the streams subsystem exports them), and a
+status: "degraded" with the reasons when a threshold of :class:`StatsThresholds` is
+crossed. Everything comes from in-memory metrics:
 serving this page does no network I/O and shows no configuration secrets.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust import web
 from prometheus_client import CollectorRegistry
 
-from ordercache.app.cache.breaker import CircuitBreaker
-from ordercache.app.keys import View
-from ordercache.app.redis_conn import RedisHandle
-from ordercache.app.redis_health import RedisMonitor
+from ordercache.agents.dlq import summarize
+from ordercache.agents.pipeline import ChangePipeline
+from ordercache.cache.breaker import CircuitBreaker
+from ordercache.cache.views import View
+from ordercache.health.redis_info import RedisMonitor
+from ordercache.redisconn.client import RedisHandle
 from ordercache.web.metrics import READ_SECONDS
 from ordercache.web.window import (
     Samples,
@@ -59,9 +60,15 @@ GAUGES = frozenset(
 )
 
 
+class DlqCounts(Protocol):
+    """The changelog-backed dead-letter counts (:mod:`ordercache.tables.dlq_stats`)."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StatsThresholds:
-    """When ``/stats`` says "degraded". Override with ``ctx.extras["stats_thresholds"]``."""
+    """When ``/stats`` says "degraded"."""
 
     #: Hit ratio below this, per view, once the view had ``min_requests`` in the window.
     min_hit_ratio: float = 0.5
@@ -138,7 +145,8 @@ class StatsReporter:
         redis: RedisHandle,
         monitor: RedisMonitor,
         breaker: CircuitBreaker,
-        extras: Mapping[str, Any],
+        pipeline: ChangePipeline | None = None,
+        dlq_counts: DlqCounts | None = None,
         thresholds: StatsThresholds | None = None,
         window: SampleWindow | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -147,7 +155,8 @@ class StatsReporter:
         self.redis = redis
         self.monitor = monitor
         self.breaker = breaker
-        self.extras = extras
+        self.pipeline = pipeline
+        self.dlq_counts = dlq_counts
         self.thresholds = thresholds or StatsThresholds()
         self.window = window or SampleWindow()
         self.clock = clock
@@ -215,20 +224,13 @@ class StatsReporter:
                 for k, v in by_label(gauges, "ordercache_consumer_lag_messages", "topic").items()
             },
         }
-        pipeline = self.extras.get("pipeline")
-        if pipeline is not None:
-            out["assigned_partitions"] = len(getattr(pipeline, "assigned", ()) or ())
-        table = self.extras.get("dlq_table")
-        if table is not None:
-            from ordercache.tables.dlq_stats import summarize
-
-            out["dlq_by_reason"] = summarize(table.items())
+        if self.pipeline is not None:
+            out["assigned_partitions"] = len(self.pipeline.assigned)
+        if self.dlq_counts is not None:
+            out["dlq_by_reason"] = summarize(self.dlq_counts.items())
         return out
 
     def _streams(self, gauges: Samples) -> dict[str, Any] | None:
-        hook = self.extras.get("stream_stats")
-        if callable(hook):
-            return dict(hook())
         found: dict[str, dict[str, int]] = {"length": {}, "group_lag": {}, "pending": {}}
         for (name, labels), value in gauges.items():
             section = name.removeprefix("ordercache_stream_")

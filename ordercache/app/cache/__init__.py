@@ -1,1 +1,0 @@
-"""The cache service: typed cache-aside over Redis with version-guarded fills."""

@@ -1,0 +1,148 @@
+"""The worker's wiring: each subsystem gets the typed parts it uses, nothing more.
+
+:func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
+the stream gauges, the dead-letter counting table, the web views with their health
+checker, stats reporter and monitor, and — on the local default — the outbox relay
+and the sample traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
+single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
+from ordercache.agents.dlq import build_dead_letter
+from ordercache.agents.metrics import PipelineMetrics
+from ordercache.agents.outbox import OutboxRelay, topic_map
+from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
+from ordercache.agents.plan import plan, unresolved
+from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
+from ordercache.app.context import AppContext
+from ordercache.db.loaders import DbLoaders
+from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
+from ordercache.health.redis_info import RedisMonitor
+from ordercache.local.traffic import LocalTraffic
+from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
+from ordercache.tables import dlq_stats
+from ordercache.web import health, metrics, read_api, stats
+from ordercache.web.monitor import WebMonitor
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The parts of a running worker that other parts (and tests) refer to."""
+
+    pipeline: ChangePipeline
+    mirror: StreamMirror
+    health: HealthChecker
+    stats: stats.StatsReporter
+    redis_monitor: RedisMonitor
+
+
+def build_mirror(ctx: AppContext) -> StreamMirror:
+    """The tracking mirror into Redis Streams."""
+    return StreamMirror(
+        ctx.redis.client,
+        ctx.keys,
+        MirrorConfig.from_settings(ctx.settings),
+        metrics=StreamMetrics.for_registry(ctx.registry),
+    )
+
+
+def build_pipeline(
+    ctx: AppContext, bootstrap: list[str], *, hooks: Sequence[BatchHook] = (), **kwargs: Any
+) -> ChangePipeline:
+    """The change pipeline for ``ctx`` on the broker at ``bootstrap``."""
+    s = ctx.settings
+    config = PipelineConfig(
+        bootstrap=bootstrap,
+        topics=(s.topic_orders, s.topic_inventory, s.topic_tracking),
+        group_id=f"{s.app_id}-changes",
+        dlq_topic=s.topic_dlq,
+        partitions=s.kafka_partitions,
+    )
+    dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
+    return ChangePipeline(
+        config,
+        ctx.cache,
+        PipelineMetrics.create(ctx.registry),
+        decode=functools.partial(decode, config=dconf),
+        plan=plan,
+        is_tombstone=is_tombstone,
+        dead_letter=build_dead_letter,
+        tracking=tracking_record,
+        hooks=hooks,
+        unresolved=unresolved,
+        **kwargs,
+    )
+
+
+def health_checker(
+    ctx: AppContext,
+    web_metrics: metrics.WebMetrics,
+    *,
+    pipeline: ChangePipeline | None = None,
+    app: faust.App | None = None,
+    config: HealthConfig | None = None,
+    node: str | None = None,
+) -> HealthChecker:
+    """The readiness checker over ``ctx``'s Redis and database (and ``pipeline``'s broker)."""
+    return HealthChecker(
+        redis=ctx.redis,
+        engine=ctx.engine,
+        breaker=ctx.cache.breaker,
+        health_key=ctx.keys.health(node or node_name()),
+        status_gauge=web_metrics.health_status,
+        pipeline=pipeline,
+        app=app,
+        config=config,
+    )
+
+
+def wire(app: faust.App, ctx: AppContext) -> Worker:
+    """Add every subsystem of the worker to ``app``."""
+    mirror = build_mirror(ctx)
+    pipeline = build_pipeline(ctx, ctx.settings.kafka_bootstrap, hooks=[mirror_hook(mirror)])
+    app.add_dependency(pipeline)
+    app.add_dependency(StreamGauges(ctx.redis.client, mirror.layout, ctx.registry))
+    dlq_counts = dlq_stats.declare(app, ctx.settings)
+
+    web_metrics = metrics.WebMetrics.create(ctx.registry)
+    redis_monitor = RedisMonitor(ctx.redis.client)
+    ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
+    metrics.install_faust_sensors(app, ctx.registry)
+    checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
+    reporter = stats.StatsReporter(
+        ctx.registry,
+        redis=ctx.redis,
+        monitor=redis_monitor,
+        breaker=ctx.cache.breaker,
+        pipeline=pipeline,
+        dlq_counts=dlq_counts,
+    )
+    read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
+    health.register(app, checker)
+    metrics.register(app, ctx.registry)
+    stats.register(app, reporter)
+    app.add_dependency(WebMonitor(redis_monitor, reporter, checker, loop=None))
+
+    if ctx.local_default:
+        # Last, so the pipeline has created the topics the sample traffic goes to.
+        app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        # No Kafka Connect here: the worker relays the transactional outbox itself
+        # (after LocalTraffic, which creates the schema).
+        s = ctx.settings
+        app.add_dependency(
+            OutboxRelay(
+                ctx.sessions,
+                s.kafka_bootstrap,
+                topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
+            )
+        )
+    return Worker(pipeline, mirror, checker, reporter, redis_monitor)

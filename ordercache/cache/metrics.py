@@ -1,0 +1,86 @@
+"""Cache metrics on a registry that is passed in (few, bounded labels; base units)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ordercache.cache.views import View
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+RESULTS = ("hit", "miss", "bypass", "negative_hit")
+OPS = ("get", "get_many", "acquire", "fill", "set", "invalidate", "delete", "apply")
+
+
+@dataclass(frozen=True)
+class CacheMetrics:
+    requests: Counter
+    errors: Counter
+    fills_rejected: Counter
+    stampede_waits: Counter
+    op_seconds: Histogram
+    loader_seconds: Histogram
+    breaker_state: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> CacheMetrics:
+        m = cls(
+            requests=Counter(
+                "ordercache_cache_requests",
+                "Cache reads by view and result.",
+                ["view", "result"],
+                registry=registry,
+            ),
+            errors=Counter(
+                "ordercache_cache_errors",
+                "Redis errors seen by the cache service, by view and operation.",
+                ["view", "op"],
+                registry=registry,
+            ),
+            fills_rejected=Counter(
+                "ordercache_cache_fills_rejected",
+                "Fills refused by the version guard (stale: older than the tombstone or the "
+                "cached entry; generation: an invalidation happened during the load).",
+                ["view", "reason"],
+                registry=registry,
+            ),
+            stampede_waits=Counter(
+                "ordercache_cache_stampede_waits",
+                "Readers that waited for another load instead of loading themselves.",
+                ["view", "kind"],
+                registry=registry,
+            ),
+            op_seconds=Histogram(
+                "ordercache_cache_operation_duration_seconds",
+                "Latency of cache operations (Redis round trips included).",
+                ["view", "op"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            loader_seconds=Histogram(
+                "ordercache_cache_loader_duration_seconds",
+                "Latency of database loads on a miss or bypass.",
+                ["view"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            breaker_state=Gauge(
+                "ordercache_cache_breaker_state",
+                "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                registry=registry,
+            ),
+        )
+        # Pre-create the children so every series exists from the start (rates work).
+        for view in View:
+            for result in RESULTS:
+                m.requests.labels(view.value, result)
+            for reason in ("stale", "generation"):
+                m.fills_rejected.labels(view.value, reason)
+            for kind in ("singleflight", "lease"):
+                m.stampede_waits.labels(view.value, kind)
+            for op in OPS:
+                m.errors.labels(view.value, op)
+        return m

@@ -1,0 +1,433 @@
+"""The cache service: typed cache-aside with version-guarded fills.
+
+Readers call :meth:`CacheService.get_or_load`; the event pipeline calls
+:meth:`CacheService.apply`. The guarantees (docs/architecture.md, invariants 1, 4, 5, 7):
+
+* A fill is a compare-and-set (``fill.lua``): it carries the guard generation read
+  *before* the database load, and loses if an invalidation happened since, or if its
+  version is older than the invalidation's tombstone floor or the cached entry.
+* Concurrent misses of one key in this process share one load (single-flight);
+  across processes a fill lease (SET NX PX with a token) makes others wait briefly
+  for the leader's fill instead of loading too.
+* A Redis error never reaches a reader: reads fall back to the loader ("bypass"),
+  fills are skipped while degraded, and a circuit breaker stops calling Redis after
+  consecutive failures, probing again after a pause. ``apply`` on the other hand
+  raises :class:`CacheError` so the pipeline retries and holds its offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from ordercache.cache.backend import (
+    ACQUIRE,
+    FILL,
+    INVALIDATE,
+    INVALIDATE_MANY,
+    REFRESH,
+    RedisCacheBackend,
+    ScriptCall,
+)
+from ordercache.cache.breaker import CircuitBreaker
+from ordercache.cache.codec import CorruptEntryError, encode_negative
+from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
+from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.singleflight import SingleFlight
+from ordercache.cache.views import SPECS, View, ViewSpec
+from ordercache.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=BaseModel)
+Status = Literal["hit", "miss", "bypass"]
+Loader = Callable[[int], Awaitable[T | None]]
+
+#: Invalidations per ``invalidate_many`` call (bounds the time one script blocks Redis).
+MULTI_CHUNK = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CacheResult(Generic[T]):
+    """A read's value (``None``: not found) and where it came from (``X-Cache``)."""
+
+    value: T | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    lease_ms: int = 3000
+    #: How long a process waits for another process's fill before loading itself.
+    lease_wait: float = 1.0
+    lease_poll: float = 0.02
+    #: Give up on filling when a load took longer than this (the tombstone must
+    #: outlive every load for the generation check to hold).
+    max_fill_age: float = 60.0
+    negative_caching: bool = True
+    #: Switch off the version guard (fills become plain SETs). For the stress test's
+    #: "can it fail" half only; never in production.
+    guard: bool = True
+
+
+class CacheService:
+    """Typed get / set / delete / invalidate / batch / cache-aside over Redis."""
+
+    def __init__(
+        self,
+        backend: RedisCacheBackend,
+        keys: KeySpace,
+        ttls: TtlPolicy,
+        metrics: CacheMetrics,
+        *,
+        breaker: CircuitBreaker | None = None,
+        config: CacheConfig | None = None,
+    ) -> None:
+        self.backend = backend
+        self.keys = keys
+        self.ttls = ttls
+        self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker()
+        self.config = config or CacheConfig()
+        self._flight: SingleFlight[CacheResult[BaseModel]] = SingleFlight()
+        self._req = {
+            (v, r): metrics.requests.labels(v.value, r)
+            for v in View
+            for r in ("hit", "miss", "bypass", "negative_hit")
+        }
+        self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
+
+    # ------------------------------------------------------------ breaker glue
+    @property
+    def degraded(self) -> bool:
+        return self.breaker.degraded
+
+    def _ok(self) -> None:
+        if self.breaker.degraded:
+            self.breaker.success()
+            self.metrics.breaker_state.set(int(self.breaker.state))
+        else:
+            self.breaker.success()
+
+    def _failed(self, view: View, op: str, exc: CacheError) -> None:
+        self.breaker.failure()
+        self.metrics.breaker_state.set(int(self.breaker.state))
+        self.metrics.errors.labels(view.value, op).inc()
+        log.warning("cache %s on %s failed: %s", op, view.value, exc)
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, spec: ViewSpec[T], entity_id: object) -> T | None:
+        """The cached value, or ``None`` on a miss, a cached "not found" or an error."""
+        eid = validate_id(entity_id)
+        raw = await self._get_raw(spec.view, self.keys.entry(spec.view, eid))
+        if raw is None:
+            return None
+        try:
+            return spec.decode(raw)
+        except CorruptEntryError:
+            return None
+
+    async def _get_raw(self, view: View, key: str) -> bytes | None:
+        if not self.breaker.allow():
+            return None
+        t0 = time.perf_counter()
+        try:
+            raw = await self.backend.get(key)
+        except CacheError as exc:
+            self._failed(view, "get", exc)
+            return None
+        self._get_seconds[view].observe(time.perf_counter() - t0)
+        self._ok()
+        return raw
+
+    async def get_many(self, spec: ViewSpec[T], ids: Iterable[object]) -> dict[int, T]:
+        """Hits among ``ids`` in one MGET (cached "not found" and misses are absent)."""
+        eids = [validate_id(i) for i in ids]
+        if not eids or not self.breaker.allow():
+            return {}
+        t0 = time.perf_counter()
+        try:
+            raws = await self.backend.mget([self.keys.entry(spec.view, e) for e in eids])
+        except CacheError as exc:
+            self._failed(spec.view, "get_many", exc)
+            return {}
+        self.metrics.op_seconds.labels(spec.view.value, "get_many").observe(
+            time.perf_counter() - t0
+        )
+        self._ok()
+        out: dict[int, T] = {}
+        for eid, raw in zip(eids, raws, strict=True):
+            if raw is not None:
+                try:
+                    value = spec.decode(raw)
+                except CorruptEntryError:
+                    continue
+                if value is not None:
+                    out[eid] = value
+        return out
+
+    async def get_or_load(
+        self, spec: ViewSpec[T], entity_id: object, loader: Loader[T]
+    ) -> CacheResult[T]:
+        """Cache-aside read: Redis, else one (single-flight, leased) load and a guarded fill."""
+        eid = validate_id(entity_id)
+        view = spec.view
+        key = self.keys.entry(view, eid)
+        if not self.breaker.allow():
+            return await self._bypass(spec, eid, loader)
+        t0 = time.perf_counter()
+        try:
+            raw = await self.backend.get(key)
+        except CacheError as exc:
+            self._failed(view, "get", exc)
+            return await self._bypass(spec, eid, loader)
+        self._get_seconds[view].observe(time.perf_counter() - t0)
+        self._ok()
+        if raw is not None:
+            try:
+                value = spec.decode(raw)
+            except CorruptEntryError:
+                log.warning("corrupt %s entry replaced", view.value)
+            else:
+                self._req[(view, "hit" if value is not None else "negative_hit")].inc()
+                return CacheResult(value, "hit")
+        result, shared = await self._flight.do(
+            key,
+            lambda: self._miss(spec, eid, loader),  # type: ignore[arg-type]
+        )
+        if shared:
+            self.metrics.stampede_waits.labels(view.value, "singleflight").inc()
+        return result  # type: ignore[return-value]
+
+    async def _bypass(self, spec: ViewSpec[T], eid: int, loader: Loader[T]) -> CacheResult[T]:
+        """Serve from the database without touching Redis; still one load per key."""
+        self._req[(spec.view, "bypass")].inc()
+
+        async def load() -> CacheResult[T]:
+            return CacheResult(await self._load(spec.view, eid, loader), "bypass")
+
+        result, shared = await self._flight.do(
+            "bypass:" + self.keys.entry(spec.view, eid),
+            load,  # type: ignore[arg-type]
+        )
+        if shared:
+            self.metrics.stampede_waits.labels(spec.view.value, "singleflight").inc()
+        return CacheResult(result.value, "bypass")  # type: ignore[arg-type]
+
+    async def _load(self, view: View, eid: int, loader: Loader[T]) -> T | None:
+        t0 = time.perf_counter()
+        try:
+            return await loader(eid)
+        finally:
+            self.metrics.loader_seconds.labels(view.value).observe(time.perf_counter() - t0)
+
+    async def _miss(self, spec: ViewSpec[T], eid: int, loader: Loader[T]) -> CacheResult[T]:
+        view = spec.view
+        k = self.keys
+        keys = k.triple(view, eid)
+        token = secrets.token_hex(8)
+        try:
+            raw, gen, leased = await self.backend.call(
+                ScriptCall(ACQUIRE, keys, (token, self.config.lease_ms))
+            )
+        except CacheError as exc:
+            self._failed(view, "acquire", exc)
+            return await self._bypass(spec, eid, loader)
+        corrupt = False
+        if raw is not None:
+            try:
+                value = spec.decode(raw)
+            except CorruptEntryError:
+                # Drop it (its version prefix cannot be trusted either) and replace it
+                # with a fill below, without waiting for anyone else.
+                corrupt = True
+                try:
+                    await self.backend.delete(keys[0])
+                except CacheError as exc:
+                    self._failed(view, "delete", exc)
+            else:
+                self._req[(view, "hit" if value is not None else "negative_hit")].inc()
+                return CacheResult(value, "hit")
+        if not leased and not corrupt:
+            waited = await self._wait_for_fill(spec, keys[0])
+            if waited is not None:
+                self.metrics.stampede_waits.labels(view.value, "lease").inc()
+                self._req[(view, "hit")].inc()
+                return waited
+        self._req[(view, "miss")].inc()
+        started = time.monotonic()
+        value = await self._load(view, eid, loader)
+        if time.monotonic() - started < self.config.max_fill_age:
+            await self._fill(spec, keys, gen, value, token if leased else "")
+        return CacheResult(value, "miss")
+
+    async def _wait_for_fill(self, spec: ViewSpec[T], key: str) -> CacheResult[T] | None:
+        deadline = time.monotonic() + self.config.lease_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.config.lease_poll)
+            try:
+                raw = await self.backend.get(key)
+            except CacheError:
+                return None
+            if raw is not None:
+                try:
+                    return CacheResult(spec.decode(raw), "hit")
+                except CorruptEntryError:
+                    return None
+        return None
+
+    async def _fill(
+        self,
+        spec: ViewSpec[T],
+        keys: tuple[str, str, str],
+        gen: bytes | str,
+        value: T | None,
+        token: str,
+    ) -> None:
+        view = spec.view
+        if self.breaker.degraded:
+            return  # no fill while degraded: the entry could miss an invalidation
+        if value is None:
+            if not self.config.negative_caching:
+                return
+            payload, version, ttl = encode_negative(0), 0, self.ttls.ttl_ms(view, negative=True)
+        else:
+            payload, version, ttl = spec.encode(value), value.version, self.ttls.ttl_ms(view)  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        try:
+            if not self.config.guard:
+                await self.backend.client.set(keys[0], payload, px=ttl)
+                return
+            outcome = await self.backend.call(
+                ScriptCall(FILL, keys, (gen, version, payload, ttl, token))
+            )
+        except CacheError as exc:
+            self._failed(view, "fill", exc)
+            return
+        self.metrics.op_seconds.labels(view.value, "fill").observe(time.perf_counter() - t0)
+        if outcome in (b"stale", b"older"):
+            self.metrics.fills_rejected.labels(view.value, "stale").inc()
+        elif outcome == b"generation":
+            self.metrics.fills_rejected.labels(view.value, "generation").inc()
+
+    # ----------------------------------------------------------------- writes
+    async def set(self, spec: ViewSpec[T], value: T) -> bool:
+        """Write ``value`` unless a newer version is cached or tombstoned. Raises CacheError."""
+        eid = validate_id(spec.entity_id(value))
+        return bool((await self.apply([Refresh(spec.view, eid, value.version, value)]))[0])  # type: ignore[attr-defined]
+
+    async def set_many(self, spec: ViewSpec[T], values: Sequence[T]) -> int:
+        """Version-guarded writes in one pipeline; returns how many were written."""
+        ops: list[CacheOp] = [
+            Refresh(spec.view, validate_id(spec.entity_id(v)), v.version, v)  # type: ignore[attr-defined]
+            for v in values
+        ]
+        return sum(int(r) for r in await self.apply(ops))
+
+    async def invalidate(self, view: View, entity_id: object, version: int | None = None) -> bool:
+        """Invalidate with a tombstone (see ``invalidate.lua``). Raises CacheError."""
+        eid = validate_id(entity_id)
+        return bool((await self.apply([Invalidate(view, eid, version)]))[0])
+
+    async def delete(self, view: View, entity_id: object) -> bool:
+        """Plain delete of the entry (no tombstone). Prefer :meth:`invalidate`."""
+        eid = validate_id(entity_id)
+        try:
+            return await self.backend.delete(self.keys.entry(view, eid)) > 0
+        except CacheError as exc:
+            self._failed(view, "delete", exc)
+            raise
+
+    def calls_for(self, ops: Iterable[CacheOp]) -> list[ScriptCall]:
+        """The script calls that carry out ``ops`` in order (pure; for batching).
+
+        Runs of invalidations go out as one ``invalidate_many`` call of up to
+        ``MULTI_CHUNK`` entries where the server allows it (not in a cluster).
+        """
+        k = self.keys
+        tomb = self.ttls.tombstone_ms()
+        calls: list[ScriptCall] = []
+        run_keys: list[str] = []
+        run_versions: list[str] = []
+
+        def flush() -> None:
+            if run_versions:
+                calls.append(
+                    ScriptCall(
+                        INVALIDATE_MANY, tuple(run_keys), (tomb, *run_versions), len(run_versions)
+                    )
+                )
+                run_keys.clear()
+                run_versions.clear()
+
+        multi = self.backend.multi_key
+        for op in ops:
+            keys = k.triple(op.view, op.entity_id)
+            if isinstance(op, Invalidate):
+                ver = "" if op.version is None else str(op.version)
+                if multi:
+                    run_keys.extend(keys)
+                    run_versions.append(ver)
+                    if len(run_versions) >= MULTI_CHUNK:
+                        flush()
+                    continue
+                calls.append(ScriptCall(INVALIDATE, keys, (ver, tomb)))
+            else:
+                flush()
+                payload = SPECS[op.view].encode(op.value)
+                calls.append(
+                    ScriptCall(
+                        REFRESH, keys, (op.version, payload, self.ttls.ttl_ms(op.view), tomb)
+                    )
+                )
+        flush()
+        return calls
+
+    async def server_identity(self) -> bytes | None:
+        """The Redis server's identity (changes on restart or failover); None if unknown."""
+        return await self.backend.server_identity()
+
+    async def apply(self, ops: Sequence[CacheOp]) -> list[int]:
+        """Carry out ``ops`` in one pipeline, in order. Raises CacheError on any failure,
+        so the caller can retry the batch (every op is idempotent under replay)."""
+        if not ops:
+            return []
+        t0 = time.perf_counter()
+        calls = self.calls_for(ops)
+        try:
+            replies = await self.backend.call_many(calls)
+        except CacheError as exc:
+            self._failed(ops[0].view, "apply", exc)
+            raise
+        results: list[int] = []
+        for call, reply in zip(calls, replies, strict=True):
+            if call.script is INVALIDATE_MANY:
+                results.extend(int(r) for r in reply)
+            else:
+                results.append(int(reply))
+        self._ok()
+        self.metrics.op_seconds.labels(ops[0].view.value, "apply").observe(time.perf_counter() - t0)
+        return results
+
+
+def build_cache_service(
+    client: object,
+    keys: KeySpace,
+    ttls: TtlPolicy,
+    metrics: CacheMetrics,
+    *,
+    timeout: float,
+    breaker: CircuitBreaker | None = None,
+    config: CacheConfig | None = None,
+) -> CacheService:
+    """A service over a redis-py asyncio client."""
+    backend = RedisCacheBackend(client, timeout=timeout)  # type: ignore[arg-type]
+    return CacheService(backend, keys, ttls, metrics, breaker=breaker, config=config)

@@ -1,0 +1,188 @@
+"""Redis health: a write/read probe and the server's INFO figures.
+
+* :func:`probe_redis` — PING, then SET (with a TTL) / GET / DEL of the node's own
+  health key in one pipeline: proves the server answers *and* accepts writes (a
+  read-only replica after a failover, a full ``maxmemory`` with ``noeviction`` or a
+  ``MISCONF`` fail it), all inside one time budget.
+* :func:`parse_info` — the INFO fields we export (pure; sums over cluster nodes).
+* :class:`RedisMonitor` — the last INFO snapshot, refreshed by a background task so
+  that metric collectors and ``/stats`` never do network I/O themselves.
+
+Nothing here raises on a Redis failure: results say ``ok=False`` / ``up=False`` and
+carry a short reason (an exception class name, never a URL or a password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ordercache.redisconn.client import AnyRedis
+
+log = logging.getLogger(__name__)
+
+#: INFO sections we read (Redis >= 7 accepts several in one call).
+INFO_SECTIONS = ("server", "memory", "clients", "stats", "keyspace")
+
+_INT_FIELDS = (
+    "used_memory",
+    "maxmemory",
+    "connected_clients",
+    "evicted_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisInfo:
+    """The INFO figures ordercache exports (summed over the nodes of a cluster)."""
+
+    used_memory: int = 0
+    maxmemory: int = 0
+    connected_clients: int = 0
+    evicted_keys: int = 0
+    keyspace_hits: int = 0
+    keyspace_misses: int = 0
+    keys: int = 0
+    run_id: str = ""
+
+    @property
+    def memory_ratio(self) -> float | None:
+        """used / max memory, or ``None`` when no ``maxmemory`` is configured."""
+        if self.maxmemory <= 0:
+            return None
+        return self.used_memory / self.maxmemory
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, bytes | str):
+        try:
+            return int(float(value))
+        except ValueError:
+            return 0
+    return 0
+
+
+def _keys_of(info: Mapping[str, Any]) -> int:
+    """Sum ``keys=`` over the ``db<N>`` lines of the keyspace section."""
+    total = 0
+    for name, value in info.items():
+        if name.startswith("db") and name[2:].isdigit() and isinstance(value, Mapping):
+            total += _as_int(value.get("keys", 0))
+    return total
+
+
+def _is_node_map(raw: Mapping[str, Any]) -> bool:
+    """A cluster client answers INFO with ``{node_name: info}``."""
+    return (
+        bool(raw)
+        and all(isinstance(v, Mapping) for v in raw.values())
+        and not any(k in raw for k in _INT_FIELDS)
+    )
+
+
+def parse_info(raw: Mapping[str, Any]) -> RedisInfo:
+    """Turn redis-py's parsed INFO (one node, or ``{node: info}``) into :class:`RedisInfo`."""
+    nodes: list[Mapping[str, Any]] = list(raw.values()) if _is_node_map(raw) else [raw]
+    sums = dict.fromkeys(_INT_FIELDS, 0)
+    keys = 0
+    run_ids: list[str] = []
+    for node in nodes:
+        for name in _INT_FIELDS:
+            sums[name] += _as_int(node.get(name, 0))
+        keys += _keys_of(node)
+        run_id = node.get("run_id")
+        if run_id:
+            run_ids.append(str(run_id))
+    return RedisInfo(keys=keys, run_id=",".join(sorted(run_ids)), **sums)
+
+
+async def fetch_info(client: AnyRedis, *, timeout: float) -> RedisInfo:
+    """INFO of the server(s), bounded by ``timeout``. Raises on failure (see callers)."""
+    async with asyncio.timeout(timeout):
+        raw = await client.info(*INFO_SECTIONS)
+    return parse_info(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Outcome of one readiness probe."""
+
+    ok: bool
+    latency_seconds: float
+    error: str | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free reason: the exception class, or ``timeout``."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+async def probe_redis(
+    client: AnyRedis, key: str, *, timeout: float = 1.0, ttl_ms: int = 10_000
+) -> ProbeResult:
+    """PING + SET/GET/DEL round trip on ``key`` within ``timeout`` seconds.
+
+    The key carries a TTL so that a probe cut short by the timeout leaves nothing
+    behind for long.
+    """
+    token = secrets.token_hex(8).encode()
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, token, px=ttl_ms)
+            pipe.get(key)
+            pipe.delete(key)
+            _, echoed, _ = await pipe.execute()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return ProbeResult(False, time.perf_counter() - t0, describe_error(exc))
+    elapsed = time.perf_counter() - t0
+    if echoed != token:
+        return ProbeResult(False, elapsed, "read-back mismatch")
+    return ProbeResult(True, elapsed)
+
+
+class RedisMonitor:
+    """Holds the last INFO snapshot; :meth:`refresh` is called by a background task."""
+
+    def __init__(self, client: AnyRedis, *, timeout: float = 1.0) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.info = RedisInfo()
+        self.up = False
+        #: ``time.monotonic()`` of the last refresh attempt (0: never).
+        self.refreshed_at = 0.0
+        self.last_error: str | None = None
+
+    async def refresh(self) -> bool:
+        """Fetch INFO; on failure keep the last figures and mark Redis down."""
+        self.refreshed_at = time.monotonic()
+        try:
+            self.info = await fetch_info(self.client, timeout=self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if self.up:
+                log.warning("Redis INFO failed: %s", describe_error(exc))
+            self.up = False
+            self.last_error = describe_error(exc)
+            return False
+        self.up = True
+        self.last_error = None
+        return True

