@@ -1,6 +1,6 @@
 """A private PostgreSQL cluster for tests that need logical decoding (not collected as tests).
 
-Starts ``postgres`` from the machine's binaries (``initdb``; ``ORDERCACHE_PG_BIN`` or
+Starts ``postgres`` from the machine's binaries (``initdb``; ``ORDERCACHE_TEST_PG_BIN`` or
 ``/usr/lib/postgresql/<major>/bin``) on a free loopback port with ``wal_level=logical``
 and trust authentication, in a temporary directory; never touches the shared server.
 PostgreSQL refuses to run as root, so under root the cluster runs as the ``postgres``
@@ -22,7 +22,7 @@ from ordercache.local.services import ManagedProcess, free_port
 
 
 def pg_bin_dir() -> Path:
-    given = os.environ.get("ORDERCACHE_PG_BIN")
+    given = os.environ.get("ORDERCACHE_TEST_PG_BIN")
     if given:
         return Path(given)
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
@@ -30,7 +30,7 @@ def pg_bin_dir() -> Path:
         return Path(candidates[0]).parent
     found = shutil.which("initdb")
     if found is None:
-        raise FileNotFoundError("initdb not found (set ORDERCACHE_PG_BIN)")
+        raise FileNotFoundError("initdb not found (set ORDERCACHE_TEST_PG_BIN)")
     return Path(found).parent
 
 
