@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from ordercache.agents.decode import decode
@@ -177,7 +178,7 @@ def test_decode_error_becomes_the_pipelines_dead_letter() -> None:
     key, val, headers = build_dead_letter(rejected)
     assert (key, val) == (b"11", value)
     assert ours(headers)[H_REASON] == "unknown_op"
-    assert "'x'" in ours(headers)[H_DETAIL]
+    assert ours(headers)[H_DETAIL] == "op: expected one of c, u, d, r, t"  # the rule, not 'x'
     assert ("trace", b"t") in headers
 
 
@@ -266,3 +267,72 @@ def test_bounded_null_value_and_bad_inputs() -> None:
         bounded(build(), limit=LIMIT, cause="not a\nclass")
     with pytest.raises(ValueError, match="not an ordercache dead letter"):
         bounded(DlqRecord(b"k", b"v", [("id", b"1")]), limit=LIMIT, cause="KafkaError")
+
+
+# --------------------------------------------------------------------------- no echo
+MARKER = "SECRET-a7f3c9"
+
+
+def _env(table: str, after: dict[str, object], **top: object) -> bytes:
+    doc: dict[str, object] = {"before": None, "after": after, "op": "u", "ts_ms": 1,
+                              "source": {"table": table, "lsn": 1, "txId": 1, "ts_ms": 1}}  # fmt: skip
+    doc.update(top)
+    return orjson.dumps(doc)
+
+
+_ORDER = {"id": 5, "customer_id": 6, "status": "paid", "total_cents": 1, "currency": "EUR",
+          "created_at": "2026-03-01T10:00:00Z", "updated_at": "2026-03-01T10:00:00Z",
+          "version": 1}  # fmt: skip
+_TRACK = {"id": 1, "event_id": "e-1", "order_id": 5, "status": "in_transit",
+          "occurred_at": "2026-03-01T10:00:00Z", "version": 1}  # fmt: skip
+
+#: (topic, key, value, headers): each carries the marker in a field that fails a rule.
+SECRET_RECORDS: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = [
+    ("orders.changes", b"5", f'{{"{MARKER}": '.encode(), []),
+    ("orders.changes", b"5", f"[1, 2, {MARKER}]".encode(), []),
+    ("orders.changes", b"5", _env("orders", _ORDER, op=MARKER), []),
+    ("orders.changes", b"5", _env(MARKER, _ORDER), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "id": MARKER}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "customer_id": f"12{MARKER}"}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "total_cents": MARKER}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "status": {"x": MARKER}}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "created_at": MARKER}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "updated_at": [MARKER]}), []),
+    ("orders.changes", b"5", _env("orders", {**_ORDER, "version": f"{MARKER}"}), []),
+    ("orders.changes", b"5", _env("orders", _ORDER, ts_ms=MARKER), []),
+    ("orders.changes", b"5", _env("orders", _ORDER, source={"table": "orders", "lsn": MARKER}), []),
+    ("tracking.updates", b"5", _env("tracking_events", {**_TRACK, "status": f"{MARKER}\x00"}), []),
+    ("tracking.updates", b"5", _env("tracking_events", {**_TRACK, "event_id": MARKER * 20}), []),
+    ("tracking.updates", b"5", _env("tracking_events", {**_TRACK, "occurred_at": MARKER}), []),
+    ("inventory.changes", b"5", orjson.dumps({"product_id": 1}),
+     [("id", b"e-2"), ("aggregatetype", MARKER.encode())]),
+    ("inventory.changes", b"5", orjson.dumps({"product_id": MARKER}), [("id", b"e-3")]),
+    ("inventory.changes", b"5", orjson.dumps({"product_id": 1}), [("id", b"e-4"), ("op", MARKER.encode())]),
+    ("inventory.changes", b"5", orjson.dumps(MARKER + "{"), [("id", b"e-5")]),
+    ("inventory.changes", b"5", orjson.dumps({"product_id": 1}), [("id", MARKER.encode() * 20)]),
+    ("inventory.changes", None, orjson.dumps({"product_id": 1}), [("id", MARKER.encode())]),
+]  # fmt: skip
+
+
+def test_dlq_details_name_the_field_and_rule_never_the_value() -> None:
+    from types import SimpleNamespace
+
+    from ordercache.agents.batch import plan_batch
+    from ordercache.agents.decode import is_tombstone
+    from ordercache.agents.dlq import build_dead_letter
+    from ordercache.agents.plan import plan
+    from ordercache.agents.tracking import tracking_record
+
+    records = [
+        SimpleNamespace(topic=t, partition=0, offset=i, timestamp=1, key=k, value=v, headers=h)
+        for i, (t, k, v, h) in enumerate(SECRET_RECORDS)
+    ]
+    bp = plan_batch(records, decode, plan, is_tombstone, tracking=tracking_record)
+    assert [r.record.offset for r in bp.rejected] == list(range(len(SECRET_RECORDS)))
+    for rejected in bp.rejected:
+        _, _, headers = build_dead_letter(rejected)
+        context = ours(headers)
+        assert context[H_DETAIL], rejected.reason
+        for name, text in context.items():
+            assert MARKER not in text, (name, text)
+            assert MARKER[:6] not in text, (name, text)
