@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECTOR_FILE = ROOT / "deploy" / "debezium" / "ordercache-connector.json"
@@ -153,11 +154,21 @@ class KafkaRelay:
         self, batch: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
     ) -> None:
         assert self.producer is not None
-        futures = [
-            await self.producer.send(self.topic(dest), value=value, key=key, headers=headers)
-            for dest, key, value, headers in batch
-        ]
-        await asyncio.gather(*futures)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # like Connect's producer: retry a retriable failure (duplicates are fine)
+            try:
+                futures = [
+                    await self.producer.send(
+                        self.topic(dest), value=value, key=key, headers=headers
+                    )
+                    for dest, key, value, headers in batch
+                ]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                if not exc.retriable or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
         with self.lock:
             self.records.extend(batch)
             for dest, _, value, headers in batch:
