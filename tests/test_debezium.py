@@ -45,7 +45,7 @@ from tests.conftest import REDIS_URL, make_settings, unique
 from tests.debezium import EmbeddedConnector, KafkaRelay, embedded_properties
 from tests.pg_private import admin_url, start_private_postgres
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.debezium]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.debezium, pytest.mark.slow]
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
