@@ -3,8 +3,9 @@
 :func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
 the stream gauges, the dead-letter counting table, the web views with their health
 checker, stats reporter and monitor, and — on the local default — the sample
-traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
-single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
+traffic and the truncation of the bundled broker's consumed topics, and returns
+them as one typed :class:`Worker`. Tests and benchmarks build single parts with
+the same functions (:func:`build_pipeline`, :func:`health_checker`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
+from ordercache.local.truncate import local_truncation
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.web import health, metrics, read_api, stats
@@ -133,5 +135,10 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
 
     if ctx.local_default:
         # Last, so the pipeline has created the topics the sample traffic goes to.
-        app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        traffic = LocalTraffic(ctx.settings, ctx.engine, ctx.sessions)
+        app.add_dependency(traffic)
+        if ctx.local_broker:
+            truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic])
+            if truncation is not None:
+                app.add_dependency(truncation)
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)
