@@ -11,8 +11,8 @@ topic's partition holds ``local_truncate_records`` records, this service
 2. pauses the producers it was given (the local default's sample traffic), which
    flush what they have sent;
 3. waits until the pipeline has committed every record (committed offset == high
-   watermark for every partition) and the high watermarks have stood still for half a second (a
-   producer it does not control shows up here, and the round is abandoned);
+   watermark for every partition) and the high watermarks have stood still for half
+   a second (a producer it does not control shows up here: the round is abandoned);
 4. pauses the pipeline's partitions of those topics, deletes and recreates the
    topics (same partition count), and lets the pipeline read them from offset 0;
 5. resumes the producers.
