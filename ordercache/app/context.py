@@ -35,6 +35,8 @@ class AppContext:
     cache: CacheService
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: True when this process started the broker itself (the bundled Tansu).
+    local_broker: bool = False
 
     @classmethod
     def build(
@@ -43,6 +45,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -72,6 +75,7 @@ class AppContext:
             ttls=ttls,
             cache=cache,
             local_default=local_default,
+            local_broker=local_broker,
         )
 
     async def aclose(self) -> None:

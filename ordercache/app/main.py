@@ -109,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     try:
-        ctx = AppContext.build(settings, local_default=bool(procs))
+        ctx = AppContext.build(
+            settings,
+            local_default=bool(procs),
+            # the bundled broker is ours to keep small (local/truncate.py); a configured one is not
+            local_broker=any(p.name == "tansu" for p in procs),
+        )
         app = create_app(ctx)
         sys.argv = args
         app.main()
