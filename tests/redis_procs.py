@@ -114,6 +114,24 @@ class LocalCluster:
         finally:
             client.close()
 
+    def wait_failover(self, dead: ManagedProcess, timeout: float = 30.0) -> None:
+        """A replica took over ``dead``'s slots: no live node maps a slot to it any more,
+        and every live node reports ``cluster_state:ok``."""
+
+        def promoted() -> bool:
+            for node in self.alive():
+                client = redis.Redis(port=node.port, socket_timeout=1)
+                try:
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+                finally:
+                    client.close()
+                if any(int(primary[1]) == dead.port for _, _, primary, *_ in ranges):
+                    return False
+            return True
+
+        wait_until(promoted, f"failover away from {dead.url}", timeout=timeout)
+        self.wait_ok(timeout)
+
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Every live node reports ``cluster_state:ok``."""
         for node in self.alive():

@@ -191,8 +191,6 @@ async def test_change_events_invalidate_and_refresh_the_cache(suite: Suite, seed
     # the invalidation left its version tombstone (the guard) next to the entry
     guard = suite.keys.guard(View.ORDER, seeded.order_id)
     assert await suite.redis.exists(guard) == 1
-    parsed = metrics_of((await get(suite.http, suite.worker.base + "/metrics")).body.decode())
-    assert sample(parsed, "ordercache_pipeline_retries_total") == 0, suite.worker.log_tail()
     assert order0["status"] != "delivered"
 
 
