@@ -96,7 +96,18 @@ class LocalCluster:
         for node in self.alive():
             client = redis.Redis(port=node.port, socket_timeout=2)
             try:
-                slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+                return self.primary_of_slot(int(client.execute_command("CLUSTER", "KEYSLOT", key)))
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise AssertionError(f"no live node knows the owner of {key!r}")
+
+    def primary_of_slot(self, slot: int) -> ManagedProcess:
+        """The node that serves ``slot`` now, as the first live node that answers sees it."""
+        for node in self.alive():
+            client = redis.Redis(port=node.port, socket_timeout=2)
+            try:
                 for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
                     if int(start) <= slot <= int(end):
                         port = int(primary[1])
@@ -105,7 +116,7 @@ class LocalCluster:
                 continue
             finally:
                 client.close()
-        raise AssertionError(f"no live node knows the owner of {key!r}")
+        raise AssertionError(f"no live node knows the owner of slot {slot}")
 
     def role(self, node: ManagedProcess) -> str:
         client = redis.Redis(port=node.port, socket_timeout=2)

@@ -6,9 +6,10 @@ raises — not only ``RedisError``: during a cluster failover redis-py has raise
 :class:`CacheError` / :class:`CacheTimeoutError` with ``raise … from`` and never
 leaks to callers (``asyncio.CancelledError`` is not an ``Exception`` and passes).
 
-Scripts are loaded once and called by SHA; a pipeline that meets ``NOSCRIPT`` (a
-restarted or failed-over server) reloads them and is replayed — every script is
-idempotent under replay (version guards), so that is safe.
+Scripts are loaded once and called by SHA; the calls a server answers ``NOSCRIPT``
+(a restarted or failed-over server) are sent again after loading the scripts on every
+primary — every script is idempotent under replay (version guards), so that is safe,
+and only those calls are replayed, so every call's result stays exact.
 
 Cluster: every script's keys share one hash tag (the entity id), so each call maps
 to one slot. Pipelined calls go in as raw ``EVALSHA`` commands (redis-py's cluster
@@ -23,19 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ordercache.errors import CacheError, CacheTimeoutError
 from ordercache.redisconn.client import AnyRedis
-from ordercache.redisconn.scripts import LuaScript, load_scripts, raise_noscript, run_loading
+from ordercache.redisconn.scripts import LuaScript, load_scripts, run_loading
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +128,28 @@ class RedisCacheBackend:
             return []
         with _client_errors():
             async with asyncio.timeout(timeout or self.timeout * 4):
-                results = await run_loading(
-                    self.client, ALL_SCRIPTS, functools.partial(self._pipeline, calls)
-                )
+                results = await self._pipeline(calls)
+                # Only the calls a node answered NOSCRIPT are replayed (after loading on
+                # every primary): in a cluster the other nodes' calls already applied,
+                # and replaying them would change their results, not their effect.
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if missing:
+                    await load_scripts(self.client, ALL_SCRIPTS)
+                    again = await self._pipeline([calls[i] for i in missing])
+                    for i, r in zip(missing, again, strict=True):
+                        results[i] = r
         for r in results:
             if isinstance(r, Exception):
                 raise _translate(r) from r
         return results
 
     async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Replies in call order; a failed call's reply is its exception."""
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
             # raw EVALSHA: the one form standalone and cluster pipelines both accept
             pipe.execute_command(*c.script.evalsha(c.keys, c.args))
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        raise_noscript(results)
         return results
 
     async def load_scripts(self) -> None:
