@@ -119,8 +119,9 @@ async def suite(
         await redis.aclose()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def seeded(suite: Suite) -> Seeded:
+    """Rows of the test's own: no test sees another's cached entries, in any order."""
     return await seed(suite.database_url, history_orders=5)
 
 
