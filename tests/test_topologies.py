@@ -11,9 +11,9 @@ at what landed in that topology's Redis:
 * reads: miss then hit, concurrent misses served by one database load (stampede);
 * health and /stats on the topology.
 
-Failover under traffic has its own test per topology kind (tests/test_cluster_failover.py
-for Cluster; tests/test_pipeline.py and tests/test_redis_conn.py for a restarted
-standalone server and a Sentinel failover).
+Failover under traffic needs a deployment of its own (a primary gets killed):
+tests/test_failover.py does it for Sentinel and Cluster; a standalone server's outage
+and restart are tests/test_pipeline.py's.
 """
 
 from __future__ import annotations

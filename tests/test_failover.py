@@ -1,9 +1,11 @@
-"""A cluster primary dies under traffic: reads never fail, the cache ends equal to the database.
+"""A Redis primary dies under traffic: reads never fail, the cache ends equal to the database.
 
-A private 3-primary, 3-replica cluster; one ``ordercache worker`` on it; concurrent
-HTTP readers over inventory and order views; a writer committing stock and status
-changes to PostgreSQL and producing their change events. Mid-run the primary that
-owns some of the entries is killed (SIGKILL); its replica is promoted by the cluster.
+Two deployments with automatic failover, each private: a 3-primary, 3-replica
+Cluster (the primary that owns some of the entries is killed; the cluster promotes
+its replica) and a Sentinel setup (master, replica, Sentinel; the master is killed,
+Sentinel promotes the replica). One ``ordercache worker`` on it; concurrent HTTP
+readers over inventory and order views; a writer committing stock and status changes
+to PostgreSQL and producing their change events. Mid-run the primary gets SIGKILL.
 
 What must hold:
 
@@ -23,24 +25,28 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from ordercache.cache.keys import KeySpace
 from ordercache.cache.views import INVENTORY, ORDER, View, ViewSpec
 from ordercache.db.engine import create_engine, session_factory
 from ordercache.db.loaders import DbLoaders
+from ordercache.local.services import ManagedProcess
 from ordercache.models.orm import Customer, Inventory, Product
 from ordercache.sample import writes
 from ordercache.sample.producer import ChangeEventProducer, Topics
 from tests.conftest import unique
-from tests.redis_procs import LocalCluster, start_cluster
+from tests.redis_procs import LocalCluster, start_cluster, wait_until
+from tests.topologies import Inspector, start_sentinel_topology
 from tests.web_harness import Worker, get, metrics_of, sample, start_worker, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
@@ -51,11 +57,66 @@ ORDERS = 10
 READERS = 12
 
 
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    c = start_cluster(6, replicas=1, node_timeout_ms=1500)
-    yield c
-    c.cleanup()
+@dataclass
+class Deployment:
+    """A Redis deployment with failover: how to reach it, whom to kill, when it recovered."""
+
+    env: dict[str, str]
+    #: The primary process serving ``key`` now.
+    primary_of: Callable[[str], ManagedProcess]
+    #: Block until a replica took over from the killed primary.
+    wait_promoted: Callable[[ManagedProcess], None]
+    #: A plain client on the data, made after the failover.
+    inspector: Callable[[], Inspector]
+
+
+def _cluster_inspector(cluster: LocalCluster) -> Inspector:
+    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.alive()]
+    return RedisCluster(startup_nodes=nodes, socket_timeout=2.0)
+
+
+def _sentinel_promoted(sentinel: ManagedProcess, replica: ManagedProcess) -> None:
+    admin = redis.Redis(port=sentinel.port, socket_timeout=2)
+    data = redis.Redis(port=replica.port, socket_timeout=2)
+    try:
+        wait_until(
+            lambda: (
+                int(admin.sentinel_get_master_addr_by_name("mymaster")[1]) == replica.port
+                and data.execute_command("ROLE")[0] == b"master"
+            ),
+            "Sentinel promoted the replica",
+            timeout=30,
+        )
+    finally:
+        admin.close()
+        data.close()
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    if request.param == "cluster":
+        cluster = start_cluster(6, replicas=1, node_timeout_ms=1500)
+        try:
+            yield Deployment(
+                {"redis_mode": "cluster", "redis_cluster_nodes": cluster.addresses},
+                cluster.primary_of,
+                lambda dead: cluster.wait_failover(dead, 30.0),
+                lambda: _cluster_inspector(cluster),
+            )
+        finally:
+            cluster.cleanup()
+        return
+    topo = start_sentinel_topology()
+    master, replica, sentinel = topo.processes
+    try:
+        yield Deployment(
+            topo.env,
+            lambda key: master,
+            lambda dead: _sentinel_promoted(sentinel, replica),
+            lambda: aioredis.Redis(port=replica.port, socket_timeout=2.0),
+        )
+    finally:
+        topo.cleanup()
 
 
 @dataclass
@@ -148,7 +209,7 @@ async def write_loop(
 
 
 async def stale_views(
-    redis: RedisCluster, keys: KeySpace, loaders: DbLoaders, pids: list[int], oids: list[int]
+    redis: Inspector, keys: KeySpace, loaders: DbLoaders, pids: list[int], oids: list[int]
 ) -> list[str]:
     """Cached views that differ from the database now (absent entries are fine)."""
     stale: list[str] = []
@@ -167,26 +228,15 @@ async def stale_views(
     return stale
 
 
-@pytest.fixture
-async def inspector(cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]
-    client = RedisCluster(startup_nodes=nodes, socket_timeout=2.0)
-    await client.initialize()
-    yield client
-    await client.aclose()
-
-
-async def test_killing_a_cluster_primary_under_traffic_loses_no_invalidation_and_no_read(
-    cluster: LocalCluster,
-    inspector: RedisCluster,
+async def test_killing_the_primary_under_traffic_loses_no_invalidation_and_no_read(
+    deployment: Deployment,
     pg_schema: str,
     kafka_broker: str,
     tmp_path: Path,
 ) -> None:
     tag = unique("fo")
     env = {
-        "redis_mode": "cluster",
-        "redis_cluster_nodes": cluster.addresses,
+        **deployment.env,
         "redis_key_prefix": tag,
         "database_url": pg_schema,
         "kafka_broker": kafka_broker,
@@ -214,7 +264,7 @@ async def test_killing_a_cluster_primary_under_traffic_loses_no_invalidation_and
             await wait_for(http, worker, "/health/ready", lambda r: r.status == 200, timeout=90)
             for path in paths:  # warm every view
                 assert (await get(http, worker.base + path)).status == 200
-            victim = cluster.primary_of(keys.entry(View.INVENTORY, pids[0]))
+            victim = deployment.primary_of(keys.entry(View.INVENTORY, pids[0]))
 
             readers = [
                 asyncio.create_task(read_loop(http, worker.base, paths, traffic, random.Random(i)))
@@ -232,8 +282,8 @@ async def test_killing_a_cluster_primary_under_traffic_loses_no_invalidation_and
             )
             killed_at = time.monotonic()
             victim.kill()
-            # the replica takes over; keep the traffic flowing through and after it
-            await asyncio.to_thread(cluster.wait_failover, victim, 30.0)
+            # a replica takes over; keep the traffic flowing through and after it
+            await asyncio.to_thread(deployment.wait_promoted, victim)
             recovered_after = time.monotonic() - killed_at
             await asyncio.sleep(3.0)
             writer_stop.set()
@@ -243,11 +293,15 @@ async def test_killing_a_cluster_primary_under_traffic_loses_no_invalidation_and
             await asyncio.gather(*readers)
 
             # the pipeline catches up: every cached view equals the database
-            deadline = time.monotonic() + 60
-            stale = await stale_views(inspector, keys, loaders, pids, oids)
-            while stale and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
+            inspector = deployment.inspector()
+            try:
+                deadline = time.monotonic() + 60
                 stale = await stale_views(inspector, keys, loaders, pids, oids)
+                while stale and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    stale = await stale_views(inspector, keys, loaders, pids, oids)
+            finally:
+                await inspector.aclose()
             parsed = metrics_of((await get(http, worker.base + "/metrics")).body.decode())
             applied = sample(parsed, "ordercache_events_total", outcome="applied")
             reapplied = sample(parsed, "ordercache_invalidations_reapplied_total")
