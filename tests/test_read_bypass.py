@@ -23,12 +23,15 @@ import pytest
 import redis
 
 from ordercache.app.context import AppContext
+from ordercache.cache.backend import RedisCacheBackend
 from ordercache.cache.views import View
 from ordercache.db.loaders import DbLoaders
+from ordercache.local.services import ManagedProcess
 from ordercache.models.orm import Inventory, Product
+from ordercache.redisconn.client import create_redis
 from ordercache.web.read_api import ReadApi
 from tests.conftest import make_settings, unique
-from tests.redis_procs import LocalCluster, start_cluster
+from tests.redis_procs import LocalCluster, pause_clients, start_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -115,3 +118,26 @@ async def test_a_client_exception_outside_redis_error_becomes_a_bypass(
     while not await cached_again():
         assert asyncio.get_running_loop().time() < deadline, "reads never left the bypass"
         await asyncio.sleep(0.2)
+
+
+async def test_a_cancelled_read_is_cancelled_not_turned_into_a_cache_error(
+    private_redis: ManagedProcess,
+) -> None:
+    """The backend translates every ``Exception``; cancellation is not one and must pass."""
+    handle = create_redis(
+        make_settings(redis_url=f"redis://{private_redis.url}/0", kafka_broker="127.0.0.1:9")
+    )
+    backend = RedisCacheBackend(handle.client, timeout=10.0)
+    try:
+        assert await backend.get("k") is None  # connected
+        pause_clients(private_redis.port, 3000)  # the next GET hangs in the server
+        read = asyncio.create_task(backend.get("k"))
+        deadline = asyncio.get_running_loop().time() + 5
+        while handle.pool_stats()["in_use"] == 0:  # the GET is in flight
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+    finally:
+        await handle.close()
