@@ -65,6 +65,7 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
     return ChangePipeline(
