@@ -7,6 +7,15 @@ ordercache at it (what an operator would set) and a plain client to look at what
 worker wrote. The private servers start once per test session and only when a test
 asks for that topology; tests that kill a node start their own (see
 :func:`tests.redis_procs.start_cluster`).
+
+Which tests run on all three, and why only those: the behaviour that depends on the
+topology is how commands travel (pipelines, scripts, slot routing, Sentinel master
+discovery), so the tests that send every kind of Redis traffic through the real
+worker run on all three — tests/test_topologies.py (change events, tracking mirror,
+reads, stampede, health) and tests/test_cache_topologies.py (fill lease and version
+guard across processes). Everything else (the guard's rules, decoding, planning, the
+DLQ, settings) does not depend on the topology and runs on standalone only; failover
+needs a deployment of its own per kind (tests/test_failover.py).
 """
 
 from __future__ import annotations
