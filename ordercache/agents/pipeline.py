@@ -47,6 +47,7 @@ from ordercache.agents.batch import (
     Planner,
     Rejected,
     TrackingExtractor,
+    Unresolved,
     plan_batch,
 )
 from ordercache.agents.dlq import DlqRecord, bounded
@@ -107,6 +108,7 @@ class ChangePipeline(mode.Service):
         dead_letter: DeadLetterBuilder,
         tracking: TrackingExtractor | None = None,
         hooks: Sequence[BatchHook] = (),
+        unresolved: Unresolved | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -116,6 +118,7 @@ class ChangePipeline(mode.Service):
         self._decode = decode
         self._plan = plan
         self._is_tombstone = is_tombstone
+        self._unresolved = unresolved
         self._dead_letter = dead_letter
         self._tracking = tracking
         self._hooks = list(hooks)
@@ -206,8 +209,9 @@ class ChangePipeline(mode.Service):
     async def process(self, records: Sequence[Any]) -> bool:
         """Apply one batch; False if the service stopped before it applied."""
         bp = plan_batch(
-            records, self._decode, self._plan, self._is_tombstone, tracking=self._tracking
-        )
+            records, self._decode, self._plan, self._is_tombstone, self._unresolved,
+            tracking=self._tracking,
+        )  # fmt: skip
         if not await self._retrying(lambda: self._apply(bp)):
             return False
         if bp.rejected and not await self._retrying(lambda: self._send_dead_letters(bp.rejected)):
@@ -218,6 +222,14 @@ class ChangePipeline(mode.Service):
             observe(max(0.0, (now_ms - ts) / 1000))
         for (topic, outcome), n in bp.outcomes.items():
             self.metrics.events.labels(topic, outcome).inc(n)
+        for rec, event, reason in bp.unresolved:
+            self.metrics.unresolved.labels(rec.topic, reason).inc()
+            log.warning(
+                "change applied only in part (%s): table=%s op=%s id=%s at %s[%d]@%d;"
+                " the entries it cannot name expire with their TTL (docs/events.md)",
+                reason, getattr(event, "entity", "?"), getattr(event, "op", "?"),
+                getattr(event, "entity_id", None), rec.topic, rec.partition, rec.offset,
+            )  # fmt: skip
         self.metrics.batch_size.observe(len(records))
         self.batches += 1
         return True

@@ -3,8 +3,9 @@
 When the worker runs on the embedded local default (no broker, Redis or database
 configured), this service creates the SQLite schema, seeds a small dataset on the
 first start, and then drives order lifecycles at ``ORDERCACHE_SIMULATE_RATE`` events
-per second through the bundled broker, so the pipeline, the streams and the read
-API have something to show. Production never runs it.
+per second. Each transaction writes its events into the transactional outbox, and the
+worker's OutboxRelay sends them through the bundled broker, so the pipeline, the
+streams and the read API have something to show. Production never runs it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class LocalTraffic(mode.Service):
         producer = ChangeEventProducer.from_settings(self.settings)
         self._producer = producer
         await producer.start()
-        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
+        # Events go through the transactional outbox; the worker's OutboxRelay sends them.
+        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf, outbox=True)
         log.info("local default: sample traffic at %.0f events/s", rate)
         await sim.run(duration=None)
 

@@ -85,6 +85,8 @@ class Entity(StrEnum):
     INVENTORY = "inventory"
     TRACKING_EVENT = "tracking_events"
     SHIPMENT = "shipments"
+    #: Captured for ``orders_version``: the version of the customer's history view.
+    CUSTOMER = "customers"
 
 
 class Op(StrEnum):
@@ -158,7 +160,15 @@ class TrackingEventRow(_Row):
     version: Version
 
 
-Row = OrderRow | OrderItemRow | InventoryRow | ShipmentRow | TrackingEventRow
+class CustomerRow(_Row):
+    """The columns of ``customers`` the cache needs (the connector leaves out the rest)."""
+
+    id: Id
+    version: Version
+    orders_version: Version
+
+
+Row = OrderRow | OrderItemRow | InventoryRow | ShipmentRow | TrackingEventRow | CustomerRow
 
 #: The row model of each table.
 ROW_MODELS: dict[Entity, type[Row]] = {
@@ -167,6 +177,19 @@ ROW_MODELS: dict[Entity, type[Row]] = {
     Entity.INVENTORY: InventoryRow,
     Entity.SHIPMENT: ShipmentRow,
     Entity.TRACKING_EVENT: TrackingEventRow,
+    Entity.CUSTOMER: CustomerRow,
+}
+
+#: The columns of each table that reference another row's id and are NOT NULL. A
+#: delete's before image that lacks a real value in one of them (or a real version)
+#: is an identity image, not a row (see :func:`ordercache.agents.decode.decode`).
+REQUIRED_REFS: dict[Entity, tuple[str, ...]] = {
+    Entity.ORDER: ("customer_id",),
+    Entity.ORDER_ITEM: ("order_id", "product_id"),
+    Entity.INVENTORY: (),
+    Entity.SHIPMENT: ("order_id",),
+    Entity.TRACKING_EVENT: ("order_id",),
+    Entity.CUSTOMER: (),
 }
 
 #: The primary-key column of each table.
@@ -176,6 +199,7 @@ PRIMARY_KEY: dict[Entity, str] = {
     Entity.INVENTORY: "product_id",
     Entity.SHIPMENT: "id",
     Entity.TRACKING_EVENT: "id",
+    Entity.CUSTOMER: "id",
 }
 
 
@@ -192,9 +216,12 @@ class ChangeEvent(NamedTuple):
     """One decoded row change.
 
     ``entity_id`` is the changed row's primary key; it is set even when the before
-    image is partial (a delete under ``REPLICA IDENTITY DEFAULT`` carries only the
-    key columns; such a ``before`` is ``None``). A truncate has neither image and
-    no ``entity_id``.
+    image is only an identity image (a delete under ``REPLICA IDENTITY DEFAULT`` or
+    ``USING INDEX`` carries real values only for the replica-identity columns;
+    Debezium fills the others with type defaults: ``0``, ``""``, the epoch). Such a
+    ``before`` is ``None`` and ``identity`` holds the ids it does carry (the primary
+    key, and e.g. ``order_id`` under an index identity that includes it). A truncate
+    has neither image and no ``entity_id``.
     """
 
     topic: str
@@ -208,6 +235,15 @@ class ChangeEvent(NamedTuple):
     event_id: str | None = None
     key: bytes | None = None
     form: Literal["envelope", "outbox"] = "envelope"
+    #: Ids of an identity-only before image (column -> id); ``None`` otherwise.
+    identity: Mapping[str, int] | None = None
+
+
+class Heartbeat(NamedTuple):
+    """A Debezium heartbeat (``{"ts_ms": ...}``): proof of life, no change. Not an error."""
+
+    topic: str
+    ts_ms: int
 
 
 class Tombstone(NamedTuple):
