@@ -18,7 +18,7 @@ from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.config.settings import Settings
 from ordercache.db.engine import engine_from_settings, session_factory
-from ordercache.redisconn.client import RedisHandle, create_redis
+from ordercache.redisconn.client import RedisHandle, create_health_redis, create_redis
 
 
 @dataclass
@@ -33,6 +33,8 @@ class AppContext:
     keys: KeySpace
     ttls: TtlPolicy
     cache: CacheService
+    #: The readiness probe's own small client (never waits behind the read path).
+    health_redis: RedisHandle
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
 
@@ -71,9 +73,11 @@ class AppContext:
             keys=keys,
             ttls=ttls,
             cache=cache,
+            health_redis=create_health_redis(settings),
             local_default=local_default,
         )
 
     async def aclose(self) -> None:
         await self.redis.close()
+        await self.health_redis.close()
         await self.engine.dispose()
