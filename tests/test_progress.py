@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -88,7 +89,10 @@ def _facts(
             "not connected to the broker (KafkaConnectionError), attempt 4",
         ),
         # a Redis blip: retriable failures, not yet long enough
-        (_facts(lag=50, failure=ApplyFailure(990.0, 12, "CacheError(ConnectionError)", True)), None),
+        (
+            _facts(lag=50, failure=ApplyFailure(990.0, 12, "CacheError(ConnectionError)", True)),
+            None,
+        ),
         (
             _facts(lag=50, failure=ApplyFailure(950.0, 30, "CacheError(ConnectionError)", True)),
             "apply failing: CacheError(ConnectionError), 30 attempts in 50 s, lag 50",
