@@ -95,6 +95,10 @@ class PipelineConfig:
     fetch_max_wait_ms: int = 10
     #: Partitions of the topics created when missing (production creates them ahead).
     partitions: int = 4
+    #: How often the consumer refreshes topic metadata. A changed partition count
+    #: (topics re-created after a memory-only broker restarted empty, or partitions
+    #: added) triggers a rebalance only on a refresh; aiokafka's default is 5 min.
+    metadata_max_age_ms: int = 5_000
     #: Delays between attempts to reach the broker at start: first delay and cap, seconds.
     connect_backoff_base: float = 0.5
     connect_backoff_cap: float = 10.0
@@ -208,6 +212,7 @@ class ChangePipeline(mode.Service):
             heartbeat_interval_ms=c.heartbeat_interval_ms,
             rebalance_timeout_ms=c.rebalance_timeout_ms,
             fetch_max_wait_ms=c.fetch_max_wait_ms,
+            metadata_max_age_ms=c.metadata_max_age_ms,
         )
         try:
             await producer.start()
