@@ -57,6 +57,8 @@ EXPECTED_ALERTS = {
     "OrdercacheWorkerDown",
     "OrdercacheWorkerAbsent",
     "OrdercacheHealthDegraded",
+    "OrdercacheInvalidationStalled",
+    "OrdercacheBrokerUnreachable",
 }
 
 
@@ -141,7 +143,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- contract
 def test_contract_table_parses(contract: Contract) -> None:
-    assert len(contract.metrics) == 28
+    assert len(contract.metrics) == 31
     assert contract.metrics["ordercache_cache_requests_total"].labels == {"view", "result"}
     assert contract.metrics["ordercache_cache_operation_duration_seconds"].kind == "histogram"
     assert contract.metrics["ordercache_health_status"].labels == set()
