@@ -22,9 +22,11 @@ from ordercache.agents.pipeline import ChangePipeline
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import build_pipeline, health_checker
 from ordercache.health.readiness import HealthChecker
+from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.services import ManagedProcess, start_redis_server
 from ordercache.sample.producer import ChangeEventProducer, Topics
 from ordercache.web.metrics import WebMetrics
+from ordercache.web.stats import StatsReporter, StatsThresholds
 from tests.conftest import make_settings, unique
 from tests.test_pipeline import inventory_envelope
 
@@ -151,6 +153,23 @@ async def test_lag_of_every_partition_grows_while_redis_is_down_then_returns_to_
     assert comp.error.startswith(("apply failing: CacheError", "stalled: no commit for"))
     assert "lag 30" in comp.error
     assert (report.status, report.http_status) == ("degraded", 200)
+
+    # /stats names the stall and the lag over its threshold, per partition too
+    page = StatsReporter(
+        rig.ctx.registry,
+        redis=rig.ctx.redis,
+        monitor=RedisMonitor(rig.ctx.health_redis.client),
+        breaker=rig.ctx.cache.breaker,
+        pipeline=pipeline,
+        thresholds=StatsThresholds(max_consumer_lag=25),
+    ).render()
+    assert page["status"] == "degraded"
+    assert any(r.startswith("pipeline ") for r in page["reasons"]), page["reasons"]
+    assert f"{rig.inventory}: consumer lag 30 > 25" in page["reasons"]
+    parts = page["pipeline"]["partitions"]
+    assert len(parts) == 6
+    assert sum(v["lag"] for k, v in parts.items() if k.startswith(rig.inventory)) == 30
+    assert page["pipeline"]["stall"] == pipeline.stall_reason()
 
     restarted = start_redis_server(port=private_redis.port)
     try:
