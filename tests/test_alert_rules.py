@@ -55,6 +55,7 @@ EXPECTED_ALERTS = {
     "OrdercacheStreamPendingStuck",
     "OrdercacheStreamDeadLetters",
     "OrdercacheWorkerDown",
+    "OrdercacheWorkerLost",
     "OrdercacheWorkerAbsent",
     "OrdercacheHealthDegraded",
     "OrdercacheInvalidationStalled",
