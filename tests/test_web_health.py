@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -369,3 +370,18 @@ async def test_readiness_does_not_wait_behind_a_saturated_read_pool(ctx: AppCont
     finally:
         for conn in held:
             await pool.release(conn)
+
+
+async def test_readiness_does_not_wait_behind_a_busy_database_pool(ctx: AppContext) -> None:
+    """Every connection the read path's engine may open is held: the check has its own."""
+    checker = health_checker(ctx, WebMetrics.create(ctx.registry))
+    limit = ctx.engine.pool.size() + ctx.engine.pool._max_overflow  # type: ignore[attr-defined]
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(limit):
+            await stack.enter_async_context(ctx.engine.connect())
+        with pytest.raises(TimeoutError):  # the shared pool is really exhausted
+            async with asyncio.timeout(1):
+                await stack.enter_async_context(ctx.engine.connect())
+        async with asyncio.timeout(3):
+            report = await checker.ready()
+        assert report.components["database"].status == "ok", report.as_dict()

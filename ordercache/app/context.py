@@ -17,7 +17,7 @@ from ordercache.cache.keys import KeySpace, TtlPolicy
 from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.config.settings import Settings
-from ordercache.db.engine import engine_from_settings, session_factory
+from ordercache.db.engine import create_engine, engine_from_settings, session_factory
 from ordercache.redisconn.client import RedisHandle, create_health_redis, create_redis
 
 
@@ -35,6 +35,9 @@ class AppContext:
     cache: CacheService
     #: The readiness probe's own small client (never waits behind the read path).
     health_redis: RedisHandle
+    #: The readiness check's own engine (one connection, one spare): at 100
+    #: concurrent reads the shared pool is busy, and ``SELECT 1`` must not queue.
+    health_engine: AsyncEngine
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
 
@@ -74,6 +77,7 @@ class AppContext:
             ttls=ttls,
             cache=cache,
             health_redis=create_health_redis(settings),
+            health_engine=create_engine(settings.database_dsn, pool_size=1),
             local_default=local_default,
         )
 
@@ -81,3 +85,4 @@ class AppContext:
         await self.redis.close()
         await self.health_redis.close()
         await self.engine.dispose()
+        await self.health_engine.dispose()

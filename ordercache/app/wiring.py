@@ -95,7 +95,7 @@ def health_checker(
     """The readiness checker over ``ctx``'s Redis and database (and ``pipeline``'s broker)."""
     return HealthChecker(
         redis=ctx.health_redis,
-        engine=ctx.engine,
+        engine=ctx.health_engine,
         breaker=ctx.cache.breaker,
         health_key=ctx.keys.health(node or node_name()),
         status_gauge=web_metrics.health_status,

@@ -24,9 +24,10 @@ Readiness checks three components concurrently, each inside its own time budget:
   like Redis itself (invariant 4); the lag and stall gauges and their alerts still
   show it.
 
-The Redis probe uses a client of its own (``redis``; one or two connections, see
-:func:`ordercache.redisconn.client.create_health_redis`), so readiness never
-queues behind the read path's pool.
+The Redis probe uses a client of its own (``redis``; two connections, see
+:func:`ordercache.redisconn.client.create_health_redis`) and the database check an
+engine of its own (one connection and one spare), so readiness never queues behind
+the read path's pools.
 
 The body names every component with its status, latency and a short reason (an
 exception class name or ``timeout``: never a URL, never a password). The gauge
