@@ -3,7 +3,8 @@
 ``scaled_rules`` divides every duration of the shipped ``alerts.yml`` — ``for:``,
 range selectors ``[5m]``, ``offset 10m`` and the ``*_seconds_max`` thresholds that
 are durations — by one factor (:data:`SCALE`), so an alert that needs 10 minutes in
-production needs 10 s here. Nothing else of the rules changes. Scrapes and rule
+production needs 10 s here; range windows and offsets stay at least
+:data:`MIN_WINDOW` long. Nothing else of the rules changes. Scrapes and rule
 evaluation run every second. Not collected as tests.
 """
 
@@ -31,6 +32,10 @@ PROMETHEUS = shutil.which("prometheus")
 SCALE = 60
 #: Scrape and evaluation interval of the test's Prometheus, seconds.
 INTERVAL = 1
+#: Shortest range window after scaling, seconds: three refreshes of the worker's
+#: slowest gauge source (Redis INFO every 5 s), so that rate() over a scaled window
+#: still sees the counter move.
+MIN_WINDOW = 15
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
@@ -42,13 +47,19 @@ def _seconds(text: str) -> float:
     return sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(text))
 
 
-def _scaled(text: str, factor: int) -> str:
-    ms = max(INTERVAL * 1000, round(_seconds(text) * 1000 / factor))
+def _scaled(text: str, factor: int, floor: float = INTERVAL) -> str:
+    ms = max(round(floor * 1000), round(_seconds(text) * 1000 / factor))
     return f"{ms}ms"
 
 
+def scaled_window(production_seconds: float, factor: int = SCALE) -> float:
+    """A range window (or offset) of the shipped rules as the live test runs it."""
+    return max(MIN_WINDOW, production_seconds / factor)
+
+
 def scaled_rules(source: str, factor: int = SCALE) -> str:
-    """The rule file with every duration divided by ``factor`` (at least one interval)."""
+    """The rule file with every duration divided by ``factor``: ``for:`` at least one
+    interval, range windows and offsets at least :data:`MIN_WINDOW`."""
     out = re.sub(
         r"(for:\s*)((?:\d+(?:ms|s|m|h|d))+)",
         lambda m: m.group(1) + _scaled(m.group(2), factor),
@@ -56,12 +67,12 @@ def scaled_rules(source: str, factor: int = SCALE) -> str:
     )
     out = re.sub(
         r"\[((?:\d+(?:ms|s|m|h|d))+)(:[^\]]*)?\]",
-        lambda m: f"[{_scaled(m.group(1), factor)}{m.group(2) or ''}]",
+        lambda m: f"[{_scaled(m.group(1), factor, MIN_WINDOW)}{m.group(2) or ''}]",
         out,
     )
     out = re.sub(
         r"(offset\s+)((?:\d+(?:ms|s|m|h|d))+)",
-        lambda m: m.group(1) + _scaled(m.group(2), factor),
+        lambda m: m.group(1) + _scaled(m.group(2), factor, MIN_WINDOW),
         out,
     )
     for name in _DURATION_THRESHOLDS:

@@ -29,8 +29,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from ordercache.local.services import ManagedProcess, free_port, start_redis_server
-from tests.conftest import unique
-from tests.prom_live import PROMETHEUS, SCALE, Prometheus
+from ordercache.models.events import Entity, Op, RowChange
+from ordercache.sample.producer import ChangeEventProducer, Topics
+from tests.conftest import make_settings, unique
+from tests.prom_live import PROMETHEUS, SCALE, Prometheus, scaled_window
 from tests.web_harness import Seeded, Worker, get, seed, start_worker, wait_for
 
 pytestmark = [
@@ -41,13 +43,14 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Slack on every budget: scrape + evaluation (1 s each) and a loaded machine.
-SLACK = 10.0
+SLACK = 20.0
 
 
-def budget(*production_seconds: float, detect: float = 0.0) -> float:
-    """Seconds an alert may take here: its production windows scaled, the detection
-    interval of the worker (not scaled: it is the worker's own timer), and slack."""
-    return sum(production_seconds) / SCALE + detect + SLACK
+def budget(for_: float = 0.0, *, window: float = 0.0, detect: float = 0.0) -> float:
+    """Seconds an alert may take here: its ``for:`` and range window (production
+    seconds, scaled as the rules are), the worker's detection interval (not scaled: the
+    worker's own timer) and slack."""
+    return for_ / SCALE + (scaled_window(window) if window else 0.0) + detect + SLACK
 
 
 class Stack:
@@ -160,7 +163,7 @@ async def test_redis_killed_fires_redis_down_breaker_and_health(
                 prom, "OrdercacheRedisDown", budget(60, detect=5), fault
             ),
             "OrdercacheCircuitBreakerOpen": await fires(
-                prom, "OrdercacheCircuitBreakerOpen", budget(120, 60), fault
+                prom, "OrdercacheCircuitBreakerOpen", budget(60, window=120), fault
             ),
             "OrdercacheHealthDegraded": await fires(
                 prom, "OrdercacheHealthDegraded", budget(300, detect=15), fault
@@ -171,11 +174,150 @@ async def test_redis_killed_fires_redis_down_breaker_and_health(
     recovered = time.monotonic()
     try:
         for name, took in fired.items():
-            resolved = await resolves(prom, name, budget(120, detect=15), recovered)
+            resolved = await resolves(prom, name, budget(window=120, detect=15), recovered)
             _report(name, "redis-server killed", took, resolved)
     finally:
         stop.set()
         await reader
+
+
+# --------------------------------------------------------------------------- cache
+async def test_misses_fire_hit_ratio_low(
+    stack: Stack, http: aiohttp.ClientSession, ready: Seeded
+) -> None:
+    stop = asyncio.Event()
+
+    async def unknown_orders() -> None:
+        # ids nobody has: every lookup is a miss (the 404 is cached, so never twice)
+        n = 900_000_000
+        while not stop.is_set():
+            n += 1
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await get(http, f"{stack.worker.base}/orders/{n}")
+            await asyncio.sleep(0.02)
+
+    fault = time.monotonic()
+    misses = asyncio.create_task(unknown_orders())
+    try:
+        fired = await fires(
+            stack.prom, "OrdercacheCacheHitRatioLow", budget(600, window=300), fault, view="order"
+        )
+    finally:
+        stop.set()
+        await misses
+    recovered = time.monotonic()
+    resolved = await resolves(
+        stack.prom, "OrdercacheCacheHitRatioLow", budget(window=300), recovered
+    )
+    _report("OrdercacheCacheHitRatioLow", "reads of unknown orders only", fired, resolved)
+
+
+async def test_paused_redis_fires_cache_latency_high(
+    stack: Stack, http: aiohttp.ClientSession, ready: Seeded
+) -> None:
+    r = aioredis.Redis.from_url(f"redis://{stack.redis.url}/0")
+    stop = asyncio.Event()
+
+    async def pauses() -> None:
+        # CLIENT PAUSE holds every client's commands: each GET waits up to 100 ms
+        while not stop.is_set():
+            await r.client_pause(100, all=True)
+            await asyncio.sleep(0.15)
+
+    reader = asyncio.create_task(_keep_reading(http, stack, ready, stop))
+    fault = time.monotonic()
+    pauser = asyncio.create_task(pauses())
+    try:
+        fired = await fires(
+            stack.prom, "OrdercacheCacheLatencyHigh", budget(600, window=300), fault
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(reader, pauser)
+        await r.aclose()
+    recovered = time.monotonic()
+    resolved = await resolves(
+        stack.prom, "OrdercacheCacheLatencyHigh", budget(window=300), recovered
+    )
+    _report("OrdercacheCacheLatencyHigh", "Redis paused 100 ms of every 150 ms", fired, resolved)
+
+
+async def test_full_redis_fires_memory_near_max_and_evicting(stack: Stack, ready: Seeded) -> None:
+    r = aioredis.Redis.from_url(f"redis://{stack.redis.url}/0")
+    prefix = unique("junk")
+    stop = asyncio.Event()
+
+    async def fill() -> None:
+        n = 0
+        while not stop.is_set():
+            pipe = r.pipeline(transaction=False)
+            for _ in range(50):
+                n += 1
+                pipe.set(f"{prefix}:{n}", b"x" * 1024)
+            await pipe.execute()
+            await asyncio.sleep(0.05)
+
+    used = int((await r.info("memory"))["used_memory"])
+    await r.config_set("maxmemory-policy", "allkeys-lru")
+    await r.config_set("maxmemory", str(used + 2 * 1024 * 1024))
+    fault = time.monotonic()
+    filler = asyncio.create_task(fill())
+    try:
+        # the INFO monitor refreshes every 5 s
+        near = await fires(stack.prom, "OrdercacheRedisMemoryNearMax", budget(300, detect=5), fault)
+        evicting = await fires(
+            stack.prom, "OrdercacheRedisEvicting", budget(300, window=300, detect=5), fault
+        )
+    finally:
+        stop.set()
+        await filler
+        await r.config_set("maxmemory", "0")
+        await r.config_set("maxmemory-policy", "noeviction")
+        async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            await r.unlink(key)
+        await r.aclose()
+    recovered = time.monotonic()
+    for name, took in (
+        ("OrdercacheRedisMemoryNearMax", near),
+        ("OrdercacheRedisEvicting", evicting),
+    ):
+        resolved = await resolves(stack.prom, name, budget(window=300, detect=5), recovered)
+        _report(name, "maxmemory 2 MB above use, allkeys-lru, writes", took, resolved)
+
+
+# --------------------------------------------------------------------------- pipeline
+async def test_late_events_fire_invalidation_lag_high(
+    stack: Stack, kafka_broker: str, ready: Seeded
+) -> None:
+    """Events that reach the broker two minutes after they were produced (a producer's
+    buffer, a replication backlog upstream): the lag histogram sees their age."""
+    topics = Topics.from_settings(make_settings(**stack.env))
+    encoder = ChangeEventProducer([kafka_broker], topics)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
+    await producer.start()
+    fault = time.monotonic()
+    try:
+        for version in range(1000, 1040):
+            change = RowChange(
+                Entity.INVENTORY,
+                Op.UPDATE,
+                after={
+                    "product_id": ready.product_id, "available": 5, "reserved": 0,
+                    "version": version, "updated_at": "2026-01-01T00:00:00Z",
+                },
+            )  # fmt: skip
+            topic, key, value, headers = encoder.encode(change, tx_id=version, lsn=version, ts_ms=0)
+            late = int(time.time() * 1000) - 120_000
+            await producer.send_and_wait(topic, value, key=key, headers=headers, timestamp_ms=late)
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+    ended = time.monotonic()
+    fired = await fires(stack.prom, "OrdercacheInvalidationLagHigh", budget(300, window=300), fault)
+    resolved = await resolves(
+        stack.prom, "OrdercacheInvalidationLagHigh", budget(window=300), ended
+    )
+    _report("OrdercacheInvalidationLagHigh", "40 events 2 min late", fired, resolved)
 
 
 # --------------------------------------------------------------------------- DLQ
@@ -197,7 +339,9 @@ async def test_malformed_events_fire_dlq_messages_then_resolve(
         topic=stack.env["topic_orders"],
     )  # fmt: skip
     # the alert looks at the last 10 minutes: it resolves once the burst leaves the window
-    resolved = await resolves(stack.prom, "OrdercacheDlqMessages", budget(600), fault) - fired
+    resolved = (
+        await resolves(stack.prom, "OrdercacheDlqMessages", budget(window=600), fault) - fired
+    )
     _report("OrdercacheDlqMessages", "3 malformed events", fired, resolved)
 
 
@@ -219,7 +363,7 @@ async def test_stuck_consumer_group_fires_pending_alerts_and_resolves_when_destr
         prom = stack.prom
         high = await fires(prom, "OrdercacheStreamPendingHigh", budget(600, detect=10), fault)
         stuck = await fires(
-            prom, "OrdercacheStreamPendingStuck", budget(300, 300, detect=10), fault
+            prom, "OrdercacheStreamPendingStuck", budget(300, window=300, detect=10), fault
         )
         await r.xgroup_destroy(stream, "stuck")
         recovered = time.monotonic()
@@ -257,7 +401,8 @@ async def test_poison_stream_entries_fire_stream_dead_letters_from_the_notifier(
         await r.xadd(stream, {"v": "99", "order_id": "1"})  # an unknown entry schema
         fired = await fires(stack.prom, "OrdercacheStreamDeadLetters", budget(detect=5), fault)
         resolved = (
-            await resolves(stack.prom, "OrdercacheStreamDeadLetters", budget(900), fault) - fired
+            await resolves(stack.prom, "OrdercacheStreamDeadLetters", budget(window=900), fault)
+            - fired
         )
         _report("OrdercacheStreamDeadLetters", "poison stream entry", fired, resolved)
     finally:
@@ -307,7 +452,7 @@ async def test_worker_loss_fires_lost_down_and_absent(
         ("OrdercacheWorkerDown", down, budget()),
         ("OrdercacheWorkerAbsent", absent, budget()),
         # one worker is the normal size again once the 15-minute maximum forgets two
-        ("OrdercacheWorkerLost", lost, budget(900, 60)),
+        ("OrdercacheWorkerLost", lost, budget(60, window=900)),
     ):
         resolved = await resolves(prom, name, within, back)
         _report(name, "workers stopped, then gone from discovery", took, resolved)

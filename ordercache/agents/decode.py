@@ -64,6 +64,8 @@ _TABLES: dict[str, Entity] = {e.value: e for e in Entity}
 _ID_FIELDS = frozenset({"id", "order_id", "customer_id", "product_id", "shipment_id"})
 _ROW_KEYS = frozenset({"id", "product_id"})
 _OUTBOX_TOPIC_PREFIX = "outbox.event."
+#: pydantic error types whose message is a validator's own text (may quote the input).
+_FREE_TEXT_ERRORS = frozenset({"value_error", "assertion_error"})
 
 
 def _norm(name: str) -> str:
@@ -159,14 +161,14 @@ def decode(
 def _envelope(topic: str, key: bytes | None, doc: dict[str, Any], headers: Headers) -> ChangeEvent:
     op = _OPS.get(doc["op"]) if isinstance(doc["op"], str) else None
     if op is None:
-        raise DecodeError("unknown_op", f"op {str(doc['op'])[:16]!r}")
+        raise DecodeError("unknown_op", "op: expected one of c, u, d, r, t")
     source = doc.get("source")
     if type(source) is not dict:
         raise DecodeError("schema_mismatch", "envelope without a source block")
     table = source.get("table")
     entity = _TABLES.get(table) if isinstance(table, str) else None
     if entity is None:
-        raise DecodeError("unknown_table", f"source.table {str(table)[:64]!r}")
+        raise DecodeError("unknown_table", "source.table: not a captured table")
     src = SourceInfo(
         entity.value,
         _opt_int(source.get("lsn"), "source.lsn"),
@@ -245,11 +247,13 @@ def _outbox_entity(
     if name is None:
         entity = config.topic_tables.get(topic)
         if entity is None:
-            raise DecodeError("unknown_table", f"no aggregate type for topic {topic[:64]!r}")
+            raise DecodeError(
+                "unknown_table", "aggregatetype: none in the headers, the payload or the topic name"
+            )
         return entity
     entity = AGGREGATE_TYPES.get(_norm(str(name)))
     if entity is None:
-        raise DecodeError("unknown_table", f"aggregate type {str(name)[:64]!r}")
+        raise DecodeError("unknown_table", "aggregatetype: not a captured table")
     return entity
 
 
@@ -282,7 +286,10 @@ def _loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError("invalid_json", str(exc)[:120]) from None
+        # orjson's message is fixed text; the position says where, never what.
+        raise DecodeError(
+            "invalid_json", f"{exc.msg[:80]} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def _row(entity: Entity, raw: object, where: str) -> Row:
@@ -298,7 +305,11 @@ def _row(entity: Entity, raw: object, where: str) -> Row:
             if err["loc"] and err["loc"][0] in _ID_FIELDS and err["type"] != "missing"
             else "schema_mismatch"
         )
-        raise DecodeError(reason, f"{entity.value}.{where}.{loc}: {err['msg']}") from None
+        # The rule, never the value: pydantic's own messages are templates of the
+        # constraint; a validator's free text (value_error) might quote its input.
+        rule = err["type"]
+        text = "invalid value" if rule in _FREE_TEXT_ERRORS else err["msg"]
+        raise DecodeError(reason, f"{entity.value}.{where}.{loc}: {text} ({rule})") from None
 
 
 def _id(raw: object, where: str) -> int:

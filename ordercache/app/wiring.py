@@ -67,6 +67,7 @@ def build_pipeline(
         partitions=s.kafka_partitions,
         progress_interval=s.progress_interval,
         stall_seconds=s.stall_seconds,
+        dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
     return ChangePipeline(

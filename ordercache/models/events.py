@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 #: Largest id a key accepts (see ordercache.cache.keys.validate_id).
 MAX_ID = 2**63 - 1
@@ -31,6 +32,11 @@ _MICROS_FROM = 10**14
 _NANOS_FROM = 10**17
 
 
+def _timestamp_error(message: str) -> PydanticCustomError:
+    # A fixed message with its own error type: decode reports it as the rule broken.
+    return PydanticCustomError("timestamp_parsing", message)
+
+
 def parse_timestamp(raw: object) -> datetime:
     """An aware UTC-or-offset datetime from an ISO-8601 string or an epoch integer.
 
@@ -40,7 +46,11 @@ def parse_timestamp(raw: object) -> datetime:
     if isinstance(raw, datetime):
         value = raw
     elif isinstance(raw, str):
-        value = datetime.fromisoformat(raw)
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            # (fromisoformat's message quotes the string: never echo input)
+            raise _timestamp_error("expected an ISO-8601 string") from None
     elif isinstance(raw, int) and not isinstance(raw, bool):
         if abs(raw) >= _NANOS_FROM:
             micros = raw // 1000
@@ -51,13 +61,11 @@ def parse_timestamp(raw: object) -> datetime:
         try:
             value = _EPOCH + timedelta(microseconds=micros)
         except OverflowError:
-            raise ValueError("epoch timestamp out of range") from None
+            raise _timestamp_error("epoch timestamp out of range") from None
     else:
-        # ValueError, not TypeError: pydantic turns only ValueError into a
-        # validation error (a TypeError would escape the decoder).
-        raise ValueError(  # noqa: TRY004
-            "expected an ISO-8601 string or epoch milli/micro/nanoseconds"
-        )
+        # A ValueError (PydanticCustomError is one), not TypeError: pydantic turns
+        # only ValueError into a validation error (a TypeError would escape the decoder).
+        raise _timestamp_error("expected an ISO-8601 string or epoch milli/micro/nanoseconds")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value
