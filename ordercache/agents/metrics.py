@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +22,15 @@ class PipelineMetrics:
     batch_size: Histogram
     reapplied: Counter
     unresolved: Counter
+
+    def declare_dead_letters(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
+        """Create every (topic, reason) dead-letter series at 0 up front. A series that
+        appears with its first increment has no earlier sample, so ``increase()`` over
+        it stays 0 and the alert depends on the series staying fresh: it would vanish
+        the moment the worker stops, before anyone looked."""
+        for topic in topics:
+            for reason in reasons:
+                self.dlq.labels(topic, reason)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PipelineMetrics:

@@ -17,7 +17,7 @@ from typing import Any
 
 import faust
 
-from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
+from ordercache.agents.decode import REASONS, DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.outbox import OutboxRelay, topic_map
@@ -73,10 +73,12 @@ def build_pipeline(
         dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
+    pipeline_metrics = PipelineMetrics.create(ctx.registry)
+    pipeline_metrics.declare_dead_letters(config.topics, REASONS)
     return ChangePipeline(
         config,
         ctx.cache,
-        PipelineMetrics.create(ctx.registry),
+        pipeline_metrics,
         decode=functools.partial(decode, config=dconf),
         plan=plan,
         is_tombstone=is_tombstone,
