@@ -13,10 +13,12 @@ from aiokafka.client import AIOKafkaClient
 from faust.app.base import BootStrategy
 from faust.types import ServiceT
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ordercache.app import commands
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
+from ordercache.db.replica_identity import replica_identity_problems
 from ordercache.retry import Backoff
 from ordercache.web.server import WEB_URL
 
@@ -44,6 +46,19 @@ class LifecycleService(mode.Service):
             log.warning("Redis (%s) not reachable at start-up: %s", mode_name, type(exc).__name__)
         else:
             log.info("Redis (%s) reachable", mode_name)
+        await self._check_replica_identity()
+
+    async def _check_replica_identity(self) -> None:
+        """On PostgreSQL, name every captured table whose replica identity falls short
+        (readiness keeps reporting it: the component ``replica_identity``)."""
+        try:
+            async with asyncio.timeout(5.0):
+                problems = await replica_identity_problems(self.ctx.engine)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("replica identity not checked at start-up: %s", type(exc).__name__)
+            return
+        for problem in problems:
+            log.warning("replica identity: %s (docs/events.md#replica-identity)", problem)
 
     async def on_stop(self) -> None:
         log.info("closing Redis and database connections")
