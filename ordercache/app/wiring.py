@@ -3,7 +3,8 @@
 :func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
 the stream gauges, the dead-letter counting table, the web views with their health
 checker, stats reporter and monitor, and — on the local default — the sample
-traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
+traffic, the outbox relay and the truncation of the bundled broker's consumed
+topics, and returns them as one typed :class:`Worker`. Tests and benchmarks build
 single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
 """
 
@@ -16,17 +17,19 @@ from typing import Any
 
 import faust
 
-from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
+from ordercache.agents.decode import REASONS, DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
 from ordercache.agents.metrics import PipelineMetrics
+from ordercache.agents.outbox import OutboxRelay, topic_map
 from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
-from ordercache.agents.plan import plan
+from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
+from ordercache.local.truncate import local_truncation
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.web import health, metrics, read_api, stats
@@ -65,18 +68,24 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        progress_interval=s.progress_interval,
+        stall_seconds=s.stall_seconds,
+        dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
+    pipeline_metrics = PipelineMetrics.create(ctx.registry)
+    pipeline_metrics.declare_dead_letters(config.topics, REASONS)
     return ChangePipeline(
         config,
         ctx.cache,
-        PipelineMetrics.create(ctx.registry),
+        pipeline_metrics,
         decode=functools.partial(decode, config=dconf),
         plan=plan,
         is_tombstone=is_tombstone,
         dead_letter=build_dead_letter,
         tracking=tracking_record,
         hooks=hooks,
+        unresolved=unresolved,
         **kwargs,
     )
 
@@ -92,11 +101,12 @@ def health_checker(
 ) -> HealthChecker:
     """The readiness checker over ``ctx``'s Redis and database (and ``pipeline``'s broker)."""
     return HealthChecker(
-        redis=ctx.redis,
-        engine=ctx.engine,
+        redis=ctx.health_redis,
+        engine=ctx.health_engine,
         breaker=ctx.cache.breaker,
         health_key=ctx.keys.health(node or node_name()),
         status_gauge=web_metrics.health_status,
+        component_gauge=web_metrics.health_component_up,
         pipeline=pipeline,
         app=app,
         config=config,
@@ -112,7 +122,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     dlq_counts = dlq_stats.declare(app, ctx.settings)
 
     web_metrics = metrics.WebMetrics.create(ctx.registry)
-    redis_monitor = RedisMonitor(ctx.redis.client)
+    redis_monitor = RedisMonitor(ctx.health_redis.client)
     ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
@@ -123,6 +133,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         breaker=ctx.cache.breaker,
         pipeline=pipeline,
         dlq_counts=dlq_counts,
+        thresholds=stats.StatsThresholds(max_consumer_lag=ctx.settings.lag_max_messages),
     )
     read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
     health.register(app, checker)
@@ -132,5 +143,20 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
 
     if ctx.local_default:
         # Last, so the pipeline has created the topics the sample traffic goes to.
-        app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        traffic = LocalTraffic(ctx.settings, ctx.engine, ctx.sessions)
+        app.add_dependency(traffic)
+        # No Kafka Connect here: the worker relays the transactional outbox itself
+        # (after LocalTraffic, which creates the schema).
+        s = ctx.settings
+        relay = OutboxRelay(
+            ctx.sessions,
+            s.kafka_bootstrap,
+            topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
+        )
+        app.add_dependency(relay)
+        if ctx.local_broker:
+            # the relay is what sends the sample traffic: it is held still too
+            truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic, relay])
+            if truncation is not None:
+                app.add_dependency(truncation)
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)
