@@ -31,6 +31,24 @@ def encode_negative(version: int = 0) -> bytes:
     return b"n%d|" % version
 
 
+def entry_body(raw: bytes) -> bytes | None:
+    """The JSON after the prefix (``None`` for a cached "not found"), undecoded: for a
+    view whose JSON is also the response body, a hit is served as stored.
+    Raises CorruptEntryError if the entry has no prefix or the body is not a JSON object.
+    """
+    sep = raw.find(b"|")
+    if sep < 0:
+        raise CorruptEntryError("entry without version prefix")
+    if raw[:1] == NEGATIVE_PREFIX:
+        return None
+    body = raw[sep + 1 :]
+    # A cheap shape check instead of a parse: entries are written only by
+    # encode_value, so a torn or foreign value is what this guards against.
+    if body[:1] != b"{" or body[-1:] != b"}":
+        raise CorruptEntryError("entry body is not a JSON object")
+    return body
+
+
 def entry_version(raw: bytes) -> int | None:
     """The version recorded in an encoded entry (``None`` if malformed)."""
     head = raw.partition(b"|")[0]

@@ -18,6 +18,7 @@ Readers call :meth:`CacheService.get_or_load`; the event pipeline calls
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 import time
@@ -37,7 +38,7 @@ from ordercache.cache.backend import (
     ScriptCall,
 )
 from ordercache.cache.breaker import CircuitBreaker
-from ordercache.cache.codec import CorruptEntryError, encode_negative
+from ordercache.cache.codec import CorruptEntryError, encode_negative, entry_body
 from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
 from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
@@ -51,6 +52,15 @@ T = TypeVar("T", bound=BaseModel)
 Status = Literal["hit", "miss", "bypass"]
 Loader = Callable[[int], Awaitable[T | None]]
 
+
+class _Skip(enum.Enum):
+    """What ``_hit_raw`` answers when Redis must not be used for this read."""
+
+    BYPASS = enum.auto()
+
+
+_BYPASS = _Skip.BYPASS
+
 #: Invalidations per ``invalidate_many`` call (bounds the time one script blocks Redis).
 MULTI_CHUNK = 200
 
@@ -60,6 +70,14 @@ class CacheResult(Generic[T]):
     """A read's value (``None``: not found) and where it came from (``X-Cache``)."""
 
     value: T | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class BodyResult:
+    """A read's JSON body as stored (``None``: not found) and where it came from."""
+
+    body: bytes | None
     status: Status
 
 
@@ -104,6 +122,7 @@ class CacheService:
             for r in ("hit", "miss", "bypass", "negative_hit")
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
+        self._get_many_seconds = {v: metrics.op_seconds.labels(v.value, "get_many") for v in View}
 
     # ------------------------------------------------------------ breaker glue
     @property
@@ -153,26 +172,21 @@ class CacheService:
         eids = [validate_id(i) for i in ids]
         if not eids or not self.breaker.allow():
             return {}
+        entry = self.keys.entry
+        view = spec.view
         t0 = time.perf_counter()
         try:
-            raws = await self.backend.mget([self.keys.entry(spec.view, e) for e in eids])
+            raws = await self.backend.mget([entry(view, e) for e in eids])
         except CacheError as exc:
-            self._failed(spec.view, "get_many", exc)
+            self._failed(view, "get_many", exc)
             return {}
-        self.metrics.op_seconds.labels(spec.view.value, "get_many").observe(
-            time.perf_counter() - t0
-        )
+        self._get_many_seconds[view].observe(time.perf_counter() - t0)
         self._ok()
-        out: dict[int, T] = {}
-        for eid, raw in zip(eids, raws, strict=True):
-            if raw is not None:
-                try:
-                    value = spec.decode(raw)
-                except CorruptEntryError:
-                    continue
-                if value is not None:
-                    out[eid] = value
-        return out
+        return {
+            eid: value
+            for eid, value in zip(eids, spec.decode_many(raws), strict=True)
+            if value is not None
+        }
 
     async def get_or_load(
         self, spec: ViewSpec[T], entity_id: object, loader: Loader[T]
@@ -181,16 +195,9 @@ class CacheService:
         eid = validate_id(entity_id)
         view = spec.view
         key = self.keys.entry(view, eid)
-        if not self.breaker.allow():
+        raw = await self._hit_raw(view, key)
+        if raw is _BYPASS:
             return await self._bypass(spec, eid, loader)
-        t0 = time.perf_counter()
-        try:
-            raw = await self.backend.get(key)
-        except CacheError as exc:
-            self._failed(view, "get", exc)
-            return await self._bypass(spec, eid, loader)
-        self._get_seconds[view].observe(time.perf_counter() - t0)
-        self._ok()
         if raw is not None:
             try:
                 value = spec.decode(raw)
@@ -199,12 +206,60 @@ class CacheService:
             else:
                 self._req[(view, "hit" if value is not None else "negative_hit")].inc()
                 return CacheResult(value, "hit")
+        return await self._not_hit(spec, eid, key, loader)
+
+    async def get_or_load_body(
+        self, spec: ViewSpec[T], entity_id: object, loader: Loader[T]
+    ) -> BodyResult:
+        """:meth:`get_or_load` answering the view's JSON: a hit is the stored bytes as
+        they are (no decode, no re-encode); a miss is the loaded value encoded once."""
+        eid = validate_id(entity_id)
+        view = spec.view
+        key = self.keys.entry(view, eid)
+        raw = await self._hit_raw(view, key)
+        if raw is _BYPASS:
+            result = await self._bypass(spec, eid, loader)
+        elif raw is not None:
+            try:
+                body = entry_body(raw)
+            except CorruptEntryError:
+                log.warning("corrupt %s entry replaced", view.value)
+            else:
+                self._req[(view, "hit" if body is not None else "negative_hit")].inc()
+                return BodyResult(body, "hit")
+            result = await self._not_hit(spec, eid, key, loader)
+        else:
+            result = await self._not_hit(spec, eid, key, loader)
+        value = result.value
+        return BodyResult(
+            None if value is None else value.__pydantic_serializer__.to_json(value),
+            result.status,
+        )
+
+    async def _hit_raw(self, view: View, key: str) -> bytes | _Skip | None:
+        """The entry, ``None`` on a miss, or ``_BYPASS`` (breaker open or Redis error:
+        the caller serves from the database without touching Redis again)."""
+        if not self.breaker.allow():
+            return _BYPASS
+        t0 = time.perf_counter()
+        try:
+            raw = await self.backend.get(key)
+        except CacheError as exc:
+            self._failed(view, "get", exc)
+            return _BYPASS
+        self._get_seconds[view].observe(time.perf_counter() - t0)
+        self._ok()
+        return raw
+
+    async def _not_hit(
+        self, spec: ViewSpec[T], eid: int, key: str, loader: Loader[T]
+    ) -> CacheResult[T]:
         result, shared = await self._flight.do(
             key,
             lambda: self._miss(spec, eid, loader),  # type: ignore[arg-type]
         )
         if shared:
-            self.metrics.stampede_waits.labels(view.value, "singleflight").inc()
+            self.metrics.stampede_waits.labels(spec.view.value, "singleflight").inc()
         return result  # type: ignore[return-value]
 
     async def _bypass(self, spec: ViewSpec[T], eid: int, loader: Loader[T]) -> CacheResult[T]:

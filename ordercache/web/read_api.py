@@ -26,7 +26,6 @@ from typing import Any
 import faust
 import orjson
 from faust import web
-from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from ordercache.cache.interface import Cache
@@ -99,10 +98,6 @@ def _error(status: int, message: str, **extra: Any) -> Reply:
     return Reply(status, orjson.dumps({"error": message, **extra}))
 
 
-def _model_json(value: BaseModel) -> bytes:
-    return value.__pydantic_serializer__.to_json(value)
-
-
 def _history_json(history: CustomerOrderHistory, page: Page, *, sliced: bool) -> bytes:
     orders = history.orders[page.offset : page.offset + page.limit] if sliced else history.orders
     return orjson.dumps(
@@ -140,14 +135,15 @@ class ReadApi:
         """One view by id: 400 for a bad id, 404 for an unknown one, 503 if the DB fails."""
         try:
             eid = validate_id(raw_id)
-            result = await self.cache.get_or_load(spec, eid, loader)
+            # The stored JSON of these views is the response body: no decode/encode.
+            result = await self.cache.get_or_load_body(spec, eid, loader)
         except InvalidIdError as exc:
             return _error(400, "invalid id", detail=str(exc))
         except DB_ERRORS as exc:
             return self._db_down(spec.view, exc)
-        if result.value is None:
+        if result.body is None:
             return Reply(404, orjson.dumps({"error": not_found, "id": eid}), result.status)
-        return Reply(200, _model_json(result.value), result.status)
+        return Reply(200, result.body, result.status)
 
     async def history(self, raw_id: str, query: Mapping[str, str]) -> Reply:
         try:
