@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import mode
 
 from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
@@ -23,6 +24,7 @@ from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
 from ordercache.agents.plan import plan
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
+from ordercache.cache.tracking import TrackingListener
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
@@ -31,6 +33,20 @@ from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.web import health, metrics, read_api, stats
 from ordercache.web.monitor import WebMonitor
+
+
+class NearCacheTracking(mode.Service):
+    """Runs the near-cache's invalidation listener with the app."""
+
+    def __init__(self, listener: TrackingListener, **kwargs: Any) -> None:
+        self.listener = listener
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.listener.start()
+
+    async def on_stop(self) -> None:
+        await self.listener.stop()
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,9 @@ def health_checker(
 
 def wire(app: faust.App, ctx: AppContext) -> Worker:
     """Add every subsystem of the worker to ``app``."""
+    if ctx.tracking is not None:
+        # first: the near-cache serves nothing until its listener is subscribed
+        app.add_dependency(NearCacheTracking(ctx.tracking))
     mirror = build_mirror(ctx)
     pipeline = build_pipeline(ctx, ctx.settings.kafka_bootstrap, hooks=[mirror_hook(mirror)])
     app.add_dependency(pipeline)

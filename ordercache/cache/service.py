@@ -41,6 +41,7 @@ from ordercache.cache.breaker import CircuitBreaker
 from ordercache.cache.codec import CorruptEntryError, encode_negative, entry_body
 from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
 from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.near import NearCache, NearEntry
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
 from ordercache.cache.singleflight import SingleFlight
 from ordercache.cache.views import SPECS, View, ViewSpec
@@ -94,6 +95,8 @@ class CacheConfig:
     #: Switch off the version guard (fills become plain SETs). For the stress test's
     #: "can it fail" half only; never in production.
     guard: bool = True
+    #: XFetch's beta: how early hot entries are refreshed before they expire (0: off).
+    xfetch_beta: float = 0.0
 
 
 class CacheService:
@@ -108,8 +111,14 @@ class CacheService:
         *,
         breaker: CircuitBreaker | None = None,
         config: CacheConfig | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self.backend = backend
+        #: The near-cache (L1), or None when it is off (ORDERCACHE_NEAR_CACHE).
+        self.near = near
+        if near is not None:
+            metrics.near_entries.set_function(near.__len__)
+            near.on_flush = lambda reason: metrics.near_flushes.labels(reason).inc()
         self.keys = keys
         self.ttls = ttls
         self.metrics = metrics
@@ -122,6 +131,7 @@ class CacheService:
             for r in ("hit", "miss", "bypass", "negative_hit")
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
+        self._near_hits = metrics.near_hits.counts
         self._get_many_seconds = {v: metrics.op_seconds.labels(v.value, "get_many") for v in View}
 
     # ------------------------------------------------------------ breaker glue
@@ -139,6 +149,9 @@ class CacheService:
     def _failed(self, view: View, op: str, exc: CacheError) -> None:
         self.breaker.failure()
         self.metrics.breaker_state.set(int(self.breaker.state))
+        if self.near is not None and self.breaker.degraded:
+            # Redis is treated as down: its invalidations may not reach us either.
+            self.near.flush("breaker")
         self.metrics.errors.labels(view.value, op).inc()
         log.warning("cache %s on %s failed: %s", op, view.value, exc)
 
@@ -195,6 +208,20 @@ class CacheService:
         eid = validate_id(entity_id)
         view = spec.view
         key = self.keys.entry(view, eid)
+        near = self.near
+        token = 0
+        if near is not None and near.live and not self.breaker.degraded:
+            entry = near.get(key)
+            if entry is not None and not entry.decoded:
+                try:
+                    entry.value, entry.decoded = spec.decode(entry.raw), True
+                except CorruptEntryError:  # kept by a body read; never served
+                    near.invalidate((key,))
+                    entry = None
+            if entry is not None:
+                self._near_hit(view, entry.value is not None)
+                return CacheResult(entry.value, "hit")
+            token = near.token()
         raw = await self._hit_raw(view, key)
         if raw is _BYPASS:
             return await self._bypass(spec, eid, loader)
@@ -205,6 +232,10 @@ class CacheService:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
                 self._req[(view, "hit" if value is not None else "negative_hit")].inc()
+                if near is not None:
+                    kept = self._near_put(near, view, key, raw, token, value is None)
+                    if kept is not None:
+                        kept.value, kept.decoded = value, True
                 return CacheResult(value, "hit")
         return await self._not_hit(spec, eid, key, loader)
 
@@ -216,6 +247,16 @@ class CacheService:
         eid = validate_id(entity_id)
         view = spec.view
         key = self.keys.entry(view, eid)
+        near = self.near
+        token = 0
+        if near is not None and near.live and not self.breaker.degraded:
+            entry = near.get(key)
+            if entry is not None:
+                if not entry.sliced:
+                    entry.body, entry.sliced = entry_body(entry.raw), True
+                self._near_hit(view, entry.body is not None)
+                return BodyResult(entry.body, "hit")
+            token = near.token()
         raw = await self._hit_raw(view, key)
         if raw is _BYPASS:
             result = await self._bypass(spec, eid, loader)
@@ -226,6 +267,10 @@ class CacheService:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
                 self._req[(view, "hit" if body is not None else "negative_hit")].inc()
+                if near is not None:
+                    kept = self._near_put(near, view, key, raw, token, body is None)
+                    if kept is not None:
+                        kept.body, kept.sliced = body, True
                 return BodyResult(body, "hit")
             result = await self._not_hit(spec, eid, key, loader)
         else:
@@ -235,6 +280,17 @@ class CacheService:
             None if value is None else value.__pydantic_serializer__.to_json(value),
             result.status,
         )
+
+    def _near_hit(self, view: View, found: bool) -> None:
+        self._req[(view, "hit" if found else "negative_hit")].inc()
+        self._near_hits[view] += 1
+
+    def _near_put(
+        self, near: NearCache, view: View, key: str, raw: bytes, token: int, negative: bool
+    ) -> NearEntry | None:
+        # never longer than the Redis entry could live (Redis also broadcasts expiry)
+        ttl = self.ttls.negative if negative else self.ttls.base_seconds(view)
+        return near.put(key, raw, token, ttl=float(ttl))
 
     async def _hit_raw(self, view: View, key: str) -> bytes | _Skip | None:
         """The entry, ``None`` on a miss, or ``_BYPASS`` (breaker open or Redis error:
@@ -482,7 +538,8 @@ def build_cache_service(
     timeout: float,
     breaker: CircuitBreaker | None = None,
     config: CacheConfig | None = None,
+    near: NearCache | None = None,
 ) -> CacheService:
     """A service over a redis-py asyncio client."""
     backend = RedisCacheBackend(client, timeout=timeout)  # type: ignore[arg-type]
-    return CacheService(backend, keys, ttls, metrics, breaker=breaker, config=config)
+    return CacheService(backend, keys, ttls, metrics, breaker=breaker, config=config, near=near)
