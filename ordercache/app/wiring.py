@@ -31,6 +31,7 @@ from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
+from ordercache.warming import CacheWarmer, WarmConfig, Warming, WarmMetrics
 from ordercache.web import health, metrics, read_api, stats
 from ordercache.web.monitor import WebMonitor
 
@@ -47,6 +48,30 @@ class NearCacheTracking(mode.Service):
 
     async def on_stop(self) -> None:
         await self.listener.stop()
+
+
+class WarmingService(mode.Service):
+    """Runs cache warming in the background (nothing waits for it, readiness neither)."""
+
+    def __init__(self, warming: Warming, **kwargs: Any) -> None:
+        self.warming = warming
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self.warming.start()
+
+    async def on_stop(self) -> None:
+        await self.warming.stop()
+
+
+def build_warmer(ctx: AppContext) -> CacheWarmer:
+    """The cache warmer for ``ctx``'s cache and database."""
+    return CacheWarmer(
+        ctx.cache,
+        ctx.sessions,
+        WarmConfig.from_settings(ctx.settings),
+        WarmMetrics.create(ctx.registry),
+    )
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,9 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
+    warmer = build_warmer(ctx) if ctx.settings.warm else None
+    if warmer is not None:
+        app.add_dependency(WarmingService(Warming(warmer)))
     reporter = stats.StatsReporter(
         ctx.registry,
         redis=ctx.redis,
@@ -142,6 +170,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         breaker=ctx.cache.breaker,
         pipeline=pipeline,
         dlq_counts=dlq_counts,
+        warming=None if warmer is None else warmer.status,
     )
     read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
     health.register(app, checker)
