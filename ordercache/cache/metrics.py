@@ -54,6 +54,7 @@ class CacheMetrics:
     near_hits: NearHits
     near_entries: Gauge
     near_flushes: Counter
+    early_refreshes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> CacheMetrics:
@@ -108,6 +109,12 @@ class CacheMetrics:
                 "Entries held by the near-cache (L1).",
                 registry=registry,
             ),
+            early_refreshes=Counter(
+                "ordercache_cache_early_refreshes",
+                "Entries reloaded before expiry by probabilistic early refresh (XFetch).",
+                ["view"],
+                registry=registry,
+            ),
             near_flushes=Counter(
                 "ordercache_cache_near_flushes",
                 "Near-cache flushes by reason (disconnected, breaker, flushdb, ...).",
@@ -125,4 +132,5 @@ class CacheMetrics:
                 m.stampede_waits.labels(view.value, kind)
             for op in OPS:
                 m.errors.labels(view.value, op)
+            m.early_refreshes.labels(view.value)
         return m

@@ -22,9 +22,8 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -38,20 +37,31 @@ from ordercache.cache.backend import (
     ScriptCall,
 )
 from ordercache.cache.breaker import CircuitBreaker
-from ordercache.cache.codec import CorruptEntryError, encode_negative, entry_body
+from ordercache.cache.codec import CorruptEntryError, encode_negative, encode_value, entry_body
 from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
 from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.near import NearCache, NearEntry
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.results import BodyResult, CacheConfig, CacheResult, Loader, Status
 from ordercache.cache.singleflight import SingleFlight
 from ordercache.cache.views import SPECS, View, ViewSpec
+from ordercache.cache.xfetch import EarlyRefresh
 from ordercache.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "MULTI_CHUNK",
+    "BodyResult",
+    "CacheConfig",
+    "CacheResult",
+    "CacheService",
+    "Loader",
+    "Status",
+    "build_cache_service",
+]
+
 T = TypeVar("T", bound=BaseModel)
-Status = Literal["hit", "miss", "bypass"]
-Loader = Callable[[int], Awaitable[T | None]]
 
 
 class _Skip(enum.Enum):
@@ -64,39 +74,6 @@ _BYPASS = _Skip.BYPASS
 
 #: Invalidations per ``invalidate_many`` call (bounds the time one script blocks Redis).
 MULTI_CHUNK = 200
-
-
-@dataclass(frozen=True, slots=True)
-class CacheResult(Generic[T]):
-    """A read's value (``None``: not found) and where it came from (``X-Cache``)."""
-
-    value: T | None
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class BodyResult:
-    """A read's JSON body as stored (``None``: not found) and where it came from."""
-
-    body: bytes | None
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    lease_ms: int = 3000
-    #: How long a process waits for another process's fill before loading itself.
-    lease_wait: float = 1.0
-    lease_poll: float = 0.02
-    #: Give up on filling when a load took longer than this (the tombstone must
-    #: outlive every load for the generation check to hold).
-    max_fill_age: float = 60.0
-    negative_caching: bool = True
-    #: Switch off the version guard (fills become plain SETs). For the stress test's
-    #: "can it fail" half only; never in production.
-    guard: bool = True
-    #: XFetch's beta: how early hot entries are refreshed before they expire (0: off).
-    xfetch_beta: float = 0.0
 
 
 class CacheService:
@@ -132,6 +109,7 @@ class CacheService:
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
         self._near_hits = metrics.near_hits.counts
+        self._early = EarlyRefresh(self)
         self._get_many_seconds = {v: metrics.op_seconds.labels(v.value, "get_many") for v in View}
 
     # ------------------------------------------------------------ breaker glue
@@ -236,6 +214,8 @@ class CacheService:
                     kept = self._near_put(near, view, key, raw, token, value is None)
                     if kept is not None:
                         kept.value, kept.decoded = value, True
+                if self.config.xfetch_beta > 0:
+                    self._early.maybe(spec, eid, raw, loader)
                 return CacheResult(value, "hit")
         return await self._not_hit(spec, eid, key, loader)
 
@@ -271,6 +251,8 @@ class CacheService:
                     kept = self._near_put(near, view, key, raw, token, body is None)
                     if kept is not None:
                         kept.body, kept.sliced = body, True
+                if self.config.xfetch_beta > 0:
+                    self._early.maybe(spec, eid, raw, loader)
                 return BodyResult(body, "hit")
             result = await self._not_hit(spec, eid, key, loader)
         else:
@@ -376,8 +358,9 @@ class CacheService:
         self._req[(view, "miss")].inc()
         started = time.monotonic()
         value = await self._load(view, eid, loader)
-        if time.monotonic() - started < self.config.max_fill_age:
-            await self._fill(spec, keys, gen, value, token if leased else "")
+        took = time.monotonic() - started
+        if took < self.config.max_fill_age:
+            await self._fill(spec, keys, gen, value, token if leased else "", took)
         return CacheResult(value, "miss")
 
     async def _wait_for_fill(self, spec: ViewSpec[T], key: str) -> CacheResult[T] | None:
@@ -402,6 +385,7 @@ class CacheService:
         gen: bytes | str,
         value: T | None,
         token: str,
+        took: float = 0.0,
     ) -> None:
         view = spec.view
         if self.breaker.degraded:
@@ -411,7 +395,13 @@ class CacheService:
                 return
             payload, version, ttl = encode_negative(0), 0, self.ttls.ttl_ms(view, negative=True)
         else:
-            payload, version, ttl = spec.encode(value), value.version, self.ttls.ttl_ms(view)  # type: ignore[attr-defined]
+            version, ttl = value.version, self.ttls.ttl_ms(view)  # type: ignore[attr-defined]
+            # the load time and expiry, for early refresh (xfetch.py)
+            payload = encode_value(
+                value,
+                delta_ms=max(1, round(took * 1000)),
+                expires_ms=int(time.time() * 1000) + ttl,
+            )
         t0 = time.perf_counter()
         try:
             if not self.config.guard:
