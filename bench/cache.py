@@ -69,13 +69,14 @@ def make_client(max_connections: int = 32) -> aioredis.Redis:
 
 
 def make_cache(client: aioredis.Redis, prefix: str, **config: Any) -> CacheService:
+    """A cache service as the worker builds it (early refresh on, beta 1.0)."""
     return build_cache_service(
         client,
         KeySpace(prefix),
         TtlPolicy(jitter=0.1),
         CacheMetrics.create(CollectorRegistry()),
         timeout=0.5,
-        config=CacheConfig(**config),
+        config=CacheConfig(**{"xfetch_beta": 1.0, **config}),
     )
 
 
@@ -262,14 +263,18 @@ async def near_cache(
         other = make_client(4)
         invalidator = make_cache(other, prefix)
         lags: list[float] = []
+        after_reply: list[float] = []
         try:
             for i in range(300):
                 key = await _fill_near(cache, oid, load["order"])
                 t0 = time.perf_counter()
                 await invalidator.invalidate(ORDER.view, oid, version=None)
+                t1 = time.perf_counter()
                 while key in near:
                     await asyncio.sleep(0)
-                lags.append(time.perf_counter() - t0)
+                t2 = time.perf_counter()
+                lags.append(t2 - t0)
+                after_reply.append(t2 - t1)
                 if i % 50 == 0:
                     await asyncio.sleep(0.01)
         finally:
@@ -283,6 +288,8 @@ async def near_cache(
             met=p99 <= 10.0,
             p50_ms=quantile_ms(lags, 0.5),
             max_ms=max(lags) * 1e3,
+            # from the invalidation's reply instead (a lower bound of commit -> gone)
+            after_reply_p99_ms=quantile_ms(after_reply, 0.99),
             samples=len(lags),
         )
     finally:

@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -236,3 +237,50 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
         for r in rows
     ]
     return "\n".join([line, sep, *body])
+
+
+def profile_pid(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes]:
+    """Start ``py-spy record`` on ``pid`` for ``seconds`` (collapsed stacks to ``out``).
+
+    py-spy is not a dependency: ``.venv/bin/pip install py-spy`` to profile.
+    """
+    return subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_profile(path: str, top: int = 25) -> list[tuple[str, float, float]]:
+    """(function, own share, inclusive share) of the ``top`` functions by inclusive time
+    in a py-spy collapsed-stack file."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            frames = stack.split(";")
+            for frame in set(frames):
+                incl[frame] = incl.get(frame, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    ranked = sorted(incl.items(), key=lambda kv: -kv[1])[:top]
+    return [(fn, own.get(fn, 0) / total, n / total) for fn, n in ranked] if total else []

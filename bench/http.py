@@ -18,6 +18,9 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -29,14 +32,23 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from sqlalchemy import select
 
-from bench.common import REDIS_URL, Report, add_json_flag, log, paired, scratch_database
+from bench.common import (
+    REDIS_URL,
+    Report,
+    add_json_flag,
+    log,
+    paired,
+    profile_pid,
+    scratch_database,
+    summarize_profile,
+)
 from ordercache.cache.keys import KeySpace
 from ordercache.cache.views import View
 from ordercache.db.engine import create_engine, session_factory
 from ordercache.local.services import free_port, start_tansu
 from ordercache.models.orm import Order
 from ordercache.sample.seed import SeedSpec, run_seed
-from tests.workers import WorkerProcess
+from tests.workers import ROOT, WorkerProcess
 
 
 # ------------------------------------------------------------------ baseline server
@@ -98,13 +110,17 @@ async def _wait_http(url: str, timeout: float = 90.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def main(orders: int, rounds: int, seconds: float, concurrency: int, as_json: bool) -> None:
+async def main(
+    orders: int, rounds: int, seconds: float, concurrency: int, as_json: bool, profile: str
+) -> None:
     report = Report("http")
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     broker = start_tansu()
     ctx = mp.get_context("spawn")
     bare_port = free_port()
-    bare = ctx.Process(target=_bare_server, args=(bare_port, prefix), daemon=True)
+    # a process of its own, started like the worker (not a multiprocessing child)
+    bare_cmd = [sys.executable, "-m", "bench.http", "--serve-bare", f"{bare_port}:{prefix}"]
+    bare: subprocess.Popen[bytes] | None = None
     worker: WorkerProcess | None = None
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -128,8 +144,9 @@ async def main(orders: int, rounds: int, seconds: float, concurrency: int, as_js
                 topic_tracking=f"{prefix}.tracking",
                 topic_dlq=f"{prefix}.dlq",
                 log_level="warning",
+                warm="false",
             ).start()
-            bare.start()
+            bare = subprocess.Popen(bare_cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})  # noqa: ASYNC220
             ours_base = f"http://127.0.0.1:{worker.web_port}"
             bare_base = f"http://127.0.0.1:{bare_port}"
             await _wait_http(f"{ours_base}/health/live")
@@ -149,6 +166,14 @@ async def main(orders: int, rounds: int, seconds: float, concurrency: int, as_js
                 await drive(bare_base)  # warm both servers and the generator
                 await drive(ours_base)
                 result = await paired(rounds, lambda: drive(bare_base), lambda: drive(ours_base))
+                if profile:
+                    assert worker.proc is not None
+                    spy = profile_pid(worker.proc.pid, seconds, profile)
+                    await asyncio.sleep(0.5)
+                    await drive(ours_base)
+                    await asyncio.to_thread(spy.wait, 60)
+                    for fn, own, incl in summarize_profile(profile):
+                        log(f"{incl:6.1%} {own:6.1%}  {fn}")
             report.paired(
                 "GET /orders/{id} hit (requests/s)",
                 "requests/s",
@@ -159,9 +184,9 @@ async def main(orders: int, rounds: int, seconds: float, concurrency: int, as_js
     finally:
         if worker is not None:
             worker.terminate()
-        if bare.is_alive():
+        if bare is not None:
             bare.terminate()
-            bare.join(10)
+            bare.wait(10)
         async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             await client.unlink(key)
         await client.aclose()
@@ -176,6 +201,14 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--profile", default="", help="after the rounds, py-spy the worker into this file"
+    )
+    ap.add_argument("--serve-bare", default="", help=argparse.SUPPRESS)
     add_json_flag(ap)
     a = ap.parse_args()
-    asyncio.run(main(a.orders, a.rounds, a.seconds, a.concurrency, a.json))
+    if a.serve_bare:
+        port, _, key_prefix = a.serve_bare.partition(":")
+        _bare_server(int(port), key_prefix)
+        sys.exit(0)
+    asyncio.run(main(a.orders, a.rounds, a.seconds, a.concurrency, a.json, a.profile))
