@@ -23,13 +23,24 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import time
 import uuid
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import REDIS_URL, Report, add_json_flag, median, p, paired
+from bench.common import (
+    REDIS_URL,
+    Report,
+    add_json_flag,
+    log,
+    median,
+    p,
+    paired,
+    profile_pid,
+    summarize_profile,
+)
 from ordercache.agents.batch import BatchPlan
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import build_pipeline
@@ -201,7 +212,9 @@ async def lag(
         await ctx.aclose()
 
 
-async def main(events: int, rounds: int, rate: int, seconds: float, as_json: bool) -> None:
+async def main(
+    events: int, rounds: int, rate: int, seconds: float, as_json: bool, profile: str = ""
+) -> None:
     report = Report("pipeline")
     broker = start_tansu()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -237,6 +250,13 @@ async def main(events: int, rounds: int, rate: int, seconds: float, as_json: boo
             lambda: baseline(bootstrap, topic, events, client, prefix),
             lambda: ours(bootstrap, env, events),
         )
+        if profile:
+            spy = profile_pid(os.getpid(), 15, profile)
+            await asyncio.sleep(0.5)
+            await ours(bootstrap, env, events)
+            await asyncio.to_thread(spy.wait, 60)
+            for fn, own, incl in summarize_profile(profile):
+                log(f"{incl:6.1%} {own:6.1%}  {fn}")
         report.paired(
             f"pipeline throughput, one worker, {events:,} events (events/s)",
             "events/s",
@@ -271,6 +291,7 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--profile", default="", help="py-spy one more run of ours into this file")
     add_json_flag(ap)
     a = ap.parse_args()
-    asyncio.run(main(a.events, a.rounds, a.rate, a.seconds, a.json))
+    asyncio.run(main(a.events, a.rounds, a.rate, a.seconds, a.json, a.profile))

@@ -15,6 +15,7 @@ from ordercache.cache.service import CacheService
 from ordercache.cache.tracking import TrackingListener
 from ordercache.cache.views import INVENTORY, View
 from ordercache.errors import CacheError
+from ordercache.local.services import ManagedProcess
 from ordercache.models.views import ProductInventory
 from tests.conftest import REDIS_URL
 from tests.test_cache_service import inv, make_cache
@@ -238,3 +239,30 @@ def test_near_cache_refused_on_cluster() -> None:
     }
     with pytest.raises(ConfigError, match="NEAR_CACHE"):
         load_settings(env)
+
+
+async def test_failover_to_another_primary_resubscribes_there(
+    redis_raw: aioredis.Redis, key_prefix: str, private_redis: ManagedProcess
+) -> None:
+    """The old primary may stay up (as a replica) with our listener still connected:
+    once the client writes elsewhere, the near-cache goes dark and follows it."""
+    cache = make_cache(redis_raw, key_prefix)
+    near = cache.near = NearCache(NearConfig(ttl=60.0))
+    listener = TrackingListener(redis_raw, near, key_prefix, ping_interval=0.1)
+    await listener.start()
+    new_primary = aioredis.Redis.from_url(f"redis://{private_redis.url}/0")
+    try:
+        assert await listener.wait_live(10)
+        await fill_l1(cache, 12, loader_of({12: 1}))
+        flushes = near.flushes
+        listener.client = new_primary  # what a Sentinel client does after a failover
+        await until(lambda: near.flushes > flushes and len(near) == 0)
+        await until(lambda: near.live and listener.subscriptions >= 2)
+        # now it hears the new primary's changes
+        key = cache.keys.entry(View.INVENTORY, 12)
+        assert near.put(key, b"v1|{}", near.token()) is not None
+        await new_primary.set(key, b"changed")
+        await until(lambda: key not in near)
+    finally:
+        await listener.stop()
+        await new_primary.aclose()

@@ -10,7 +10,9 @@ made it, and ``null`` on FLUSHDB/FLUSHALL.
 Coherence is only as good as the connection, so :class:`NearCache` serves entries
 only while this listener is subscribed: it goes live after the subscription is
 confirmed, and goes dark (flushing everything) when the connection fails, when a
-health-check PING is not answered in time, or on stop. Then it reconnects with
+health-check PING is not answered in time, when the primary the client writes to is
+no longer the server this connection listens to (a failover that left the old
+primary running as a replica), or on stop. Then it reconnects with
 backoff. redis-py's own client-side cache is for the synchronous client only
 (``cache_config``); the asyncio client has none, hence this listener.
 """
@@ -62,6 +64,7 @@ class TrackingListener:
         self._stop = asyncio.Event()
         self._conn: Any = None
         self._last_reply = 0.0
+        self._run_id = ""
         #: CLIENT ID of the current listening connection (tests kill it to fake a fault).
         self.client_id: int | None = None
 
@@ -111,6 +114,8 @@ class TrackingListener:
         await conn.send_command("CLIENT", "ID")
         cid = await conn.read_response()
         self.client_id = int(cid)
+        await conn.send_command("INFO", "server")
+        self._run_id = _run_id(await conn.read_response())
         await conn.send_command(
             "CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", self.prefix
         )
@@ -159,6 +164,9 @@ class TrackingListener:
         ping = conn.pack_command("PING")
         while True:
             await asyncio.sleep(self.ping_interval)
+            if await self._primary_moved():
+                log.warning("Redis primary changed; near-cache resubscribing there")
+                return
             sent = time.monotonic()
             # no health check of its own: that would read, and the reader is reading
             await conn.send_packed_command(ping, check_health=False)
@@ -167,8 +175,31 @@ class TrackingListener:
                 log.warning("near-cache invalidation stream silent; reconnecting")
                 return
 
+    async def _primary_moved(self) -> bool:
+        """After a failover the old primary may live on as a replica, keeping this
+        connection open but hearing none of the new primary's writes: compare the
+        server the client now writes to with the one this connection listens to."""
+        try:
+            info = await self.client.info("server")
+        except Exception:  # noqa: BLE001 - unreachable now: the PING check covers that
+            return False
+        run_id = info.get("run_id")
+        return isinstance(run_id, str | bytes) and _text(run_id) != self._run_id
+
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _run_id(info: Any) -> str:
+    """``run_id`` from a raw ``INFO server`` reply."""
+    for line in _text(info).splitlines():
+        if line.startswith("run_id:"):
+            return line.removeprefix("run_id:").strip()
+    return ""
