@@ -34,13 +34,14 @@ RECENT = 4096
 
 @dataclass(slots=True)
 class NearEntry:
-    """A Redis entry as read (``raw``), its decoded value once decoded, its deadline."""
+    """A Redis entry as read (``raw``) and its deadline; the service keeps its answers
+    here once built (``value``: the decoded read's result, ``body``: the body read's)."""
 
     raw: bytes
     expires: float
     value: Any = None
     decoded: bool = False
-    body: bytes | None = None
+    body: Any = None
     sliced: bool = False
 
 

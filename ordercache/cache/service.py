@@ -109,6 +109,8 @@ class CacheService:
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
         self._near_hits = metrics.near_hits.counts
+        self._hits = {v: self._req[(v, "hit")] for v in View}
+        self._negative_hits = {v: self._req[(v, "negative_hit")] for v in View}
         self._early = EarlyRefresh(self)
         self._get_many_seconds = {v: metrics.op_seconds.labels(v.value, "get_many") for v in View}
 
@@ -192,13 +194,15 @@ class CacheService:
             entry = near.get(key)
             if entry is not None and not entry.decoded:
                 try:
-                    entry.value, entry.decoded = spec.decode(entry.raw), True
+                    entry.value, entry.decoded = CacheResult(spec.decode(entry.raw), "hit"), True
                 except CorruptEntryError:  # kept by a body read; never served
                     near.invalidate((key,))
                     entry = None
             if entry is not None:
-                self._near_hit(view, entry.value is not None)
-                return CacheResult(entry.value, "hit")
+                # the result is immutable: built once per entry, handed out as is
+                result: CacheResult[T] = entry.value
+                self._near_hit(view, result.value is not None)
+                return result
             token = near.token()
         raw = await self._hit_raw(view, key)
         if raw is _BYPASS:
@@ -210,13 +214,14 @@ class CacheService:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
                 self._req[(view, "hit" if value is not None else "negative_hit")].inc()
+                result = CacheResult(value, "hit")
                 if near is not None:
                     kept = self._near_put(near, view, key, raw, token, value is None)
                     if kept is not None:
-                        kept.value, kept.decoded = value, True
+                        kept.value, kept.decoded = result, True
                 if self.config.xfetch_beta > 0:
                     self._early.maybe(spec, eid, raw, loader)
-                return CacheResult(value, "hit")
+                return result
         return await self._not_hit(spec, eid, key, loader)
 
     async def get_or_load_body(
@@ -233,9 +238,10 @@ class CacheService:
             entry = near.get(key)
             if entry is not None:
                 if not entry.sliced:
-                    entry.body, entry.sliced = entry_body(entry.raw), True
-                self._near_hit(view, entry.body is not None)
-                return BodyResult(entry.body, "hit")
+                    entry.body, entry.sliced = BodyResult(entry_body(entry.raw), "hit"), True
+                answer: BodyResult = entry.body
+                self._near_hit(view, answer.body is not None)
+                return answer
             token = near.token()
         raw = await self._hit_raw(view, key)
         if raw is _BYPASS:
@@ -247,13 +253,14 @@ class CacheService:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
                 self._req[(view, "hit" if body is not None else "negative_hit")].inc()
+                answer = BodyResult(body, "hit")
                 if near is not None:
                     kept = self._near_put(near, view, key, raw, token, body is None)
                     if kept is not None:
-                        kept.body, kept.sliced = body, True
+                        kept.body, kept.sliced = answer, True
                 if self.config.xfetch_beta > 0:
                     self._early.maybe(spec, eid, raw, loader)
-                return BodyResult(body, "hit")
+                return answer
             result = await self._not_hit(spec, eid, key, loader)
         else:
             result = await self._not_hit(spec, eid, key, loader)
@@ -264,7 +271,7 @@ class CacheService:
         )
 
     def _near_hit(self, view: View, found: bool) -> None:
-        self._req[(view, "hit" if found else "negative_hit")].inc()
+        (self._hits if found else self._negative_hits)[view].inc()
         self._near_hits[view] += 1
 
     def _near_put(
