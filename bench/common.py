@@ -113,7 +113,8 @@ async def paired(
             b = await baseline()
         out.baseline.append(b)
         out.ours.append(o)
-        out.ratios.append(o / b if better == "higher" else b / o)
+        num, den = (o, b) if better == "higher" else (b, o)
+        out.ratios.append(num / den if den else math.inf)
     return out
 
 
