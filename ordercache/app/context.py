@@ -39,6 +39,8 @@ class AppContext:
     tracking: TrackingListener | None = None
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: True when this process started the broker itself (the bundled Tansu).
+    local_broker: bool = False
 
     @classmethod
     def build(
@@ -47,6 +49,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -84,6 +87,7 @@ class AppContext:
             cache=cache,
             tracking=tracking,
             local_default=local_default,
+            local_broker=local_broker,
         )
 
     async def aclose(self) -> None:

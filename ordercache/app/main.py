@@ -9,6 +9,7 @@ seeds a small dataset and drives sample traffic.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,19 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _ensure_data_dir(settings: Settings) -> None:
+    """Create the data directory (the worker's tables, the SQLite default) or raise
+    ConfigError naming it: a path that cannot be created is a configuration error."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"ORDERCACHE_DATA_DIR: cannot create {str(path)!r} ({reason})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"ORDERCACHE_DATA_DIR: {str(path)!r} is not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     args = list(sys.argv if argv is None else argv)
@@ -64,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"ordercache: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+    command = _command(args)
+    if command in _WORKER_COMMANDS or (command is not None and settings.database_url is None):
+        try:
+            _ensure_data_dir(settings)
+        except ConfigError as exc:
+            print(f"ordercache: configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     from ordercache.app.context import AppContext
     from ordercache.app.faust_app import create_app
@@ -87,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     try:
-        ctx = AppContext.build(settings, local_default=bool(procs))
+        ctx = AppContext.build(
+            settings,
+            local_default=bool(procs),
+            # the bundled broker is ours to keep small (local/truncate.py); a configured one is not
+            local_broker=any(p.name == "tansu" for p in procs),
+        )
         app = create_app(ctx)
         sys.argv = args
         app.main()

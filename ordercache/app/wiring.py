@@ -3,7 +3,8 @@
 :func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
 the stream gauges, the dead-letter counting table, the web views with their health
 checker, stats reporter and monitor, and — on the local default — the sample
-traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
+traffic, the outbox relay and the truncation of the bundled broker's consumed
+topics, and returns them as one typed :class:`Worker`. Tests and benchmarks build
 single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
 """
 
@@ -20,8 +21,9 @@ import mode
 from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
 from ordercache.agents.metrics import PipelineMetrics
+from ordercache.agents.outbox import OutboxRelay, topic_map
 from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
-from ordercache.agents.plan import plan
+from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
 from ordercache.cache.tracking import TrackingListener
@@ -29,6 +31,7 @@ from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
+from ordercache.local.truncate import local_truncation
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.warming import CacheWarmer, WarmConfig, Warming, WarmMetrics
@@ -106,6 +109,7 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
     return ChangePipeline(
@@ -118,6 +122,7 @@ def build_pipeline(
         dead_letter=build_dead_letter,
         tracking=tracking_record,
         hooks=hooks,
+        unresolved=unresolved,
         **kwargs,
     )
 
@@ -180,5 +185,20 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
 
     if ctx.local_default:
         # Last, so the pipeline has created the topics the sample traffic goes to.
-        app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        traffic = LocalTraffic(ctx.settings, ctx.engine, ctx.sessions)
+        app.add_dependency(traffic)
+        # No Kafka Connect here: the worker relays the transactional outbox itself
+        # (after LocalTraffic, which creates the schema).
+        s = ctx.settings
+        relay = OutboxRelay(
+            ctx.sessions,
+            s.kafka_bootstrap,
+            topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
+        )
+        app.add_dependency(relay)
+        if ctx.local_broker:
+            # the relay is what sends the sample traffic: it is held still too
+            truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic, relay])
+            if truncation is not None:
+                app.add_dependency(truncation)
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)
