@@ -166,8 +166,6 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
     warmer = build_warmer(ctx) if ctx.settings.warm else None
-    if warmer is not None:
-        app.add_dependency(WarmingService(Warming(warmer)))
     reporter = stats.StatsReporter(
         ctx.registry,
         redis=ctx.redis,
@@ -201,4 +199,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
             truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic, relay])
             if truncation is not None:
                 app.add_dependency(truncation)
+    if warmer is not None:
+        # Last: on the local default, LocalTraffic creates the schema it reads.
+        app.add_dependency(WarmingService(Warming(warmer)))
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)
