@@ -208,16 +208,24 @@ class CacheService:
                 self._near_hit(view, result.value is not None)
                 return result
             token = near.token()
-        raw = await self._hit_raw(view, key)
-        if raw is _BYPASS:
+        # _hit_raw inlined: this is the hot path with the near-cache off
+        if not self.breaker.allow():
             return await self._bypass(spec, eid, loader)
+        t0 = time.perf_counter()
+        try:
+            raw = await self.backend.get(key)
+        except CacheError as exc:
+            self._failed(view, "get", exc)
+            return await self._bypass(spec, eid, loader)
+        self._get_seconds[view].observe(time.perf_counter() - t0)
+        self._ok()
         if raw is not None:
             try:
                 value = spec.decode(raw)
             except CorruptEntryError:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
-                self._req[(view, "hit" if value is not None else "negative_hit")].inc()
+                (self._hits if value is not None else self._negative_hits)[view].inc()
                 result = CacheResult(value, "hit")
                 if near is not None:
                     kept = self._near_put(near, view, key, raw, token, value is None)

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Beyond this many ``delta * beta`` before expiry the refresh probability is e**-40.
+_FAR = 40.0
+
 
 def header(raw: bytes) -> tuple[int, int] | None:
     """``(delta_ms, expires_ms)`` from an entry's prefix, if it records them."""
@@ -58,6 +61,8 @@ def due(
     """Should this read refresh the entry now? (XFetch's test; ``rand`` in [0, 1).)"""
     if beta <= 0:
         return False
+    if expires_ms - now_ms > delta_ms * beta * _FAR:
+        return False  # the draw would have to be below e**-40: skip it
     return now_ms - delta_ms * beta * math.log(1.0 - rand()) >= expires_ms
 
 
