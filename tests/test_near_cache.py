@@ -140,10 +140,14 @@ async def test_l1_hit_through_the_same_call_and_metrics(
     assert (await cache.get_or_load(INVENTORY, 7, load)).status == "miss"
     # the fill's own writes are broadcast too; read until the entry is kept
     await fill_l1(cache, 7, load)
+    near_hits = cache.metrics.near_hits
+    near_hits.flush()
     before = cache.metrics.requests.labels("inventory", "hit")._value.get()
+    counted = near_hits.total("inventory")
     result = await cache.get_or_load(INVENTORY, 7, load)
     assert (result.status, result.value) == ("hit", inv(7, 1))
-    assert cache.metrics.near_hits.counts["inventory"] >= 1
+    assert near_hits.total("inventory") == counted + 1
+    near_hits.flush()  # what every scrape does first
     assert cache.metrics.requests.labels("inventory", "hit")._value.get() == before + 1
     body = await cache.get_or_load_body(INVENTORY, 7, load)
     assert body.body == inv(7, 1).model_dump_json().encode()
@@ -226,6 +230,25 @@ async def test_missed_invalidation_is_stale_at_most_the_l1_ttl(
         assert key not in cache.near
     finally:
         await listener.stop()
+
+
+def test_near_hits_reach_the_requests_counter_at_every_scrape() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ordercache.cache.metrics import CacheMetrics
+
+    registry = CollectorRegistry()
+    metrics = CacheMetrics.create(registry)
+    metrics.requests.labels("order", "hit").inc(2)  # Redis hits
+    metrics.near_hits.hits["order"] += 3  # near-cache hits
+    metrics.near_hits.negative["inventory"] += 1
+    labels = {"view": "order", "result": "hit"}
+    assert registry.get_sample_value("ordercache_cache_requests_total", labels) == 5
+    assert registry.get_sample_value("ordercache_cache_near_hits_total", {"view": "order"}) == 3
+    negative = {"view": "inventory", "result": "negative_hit"}
+    assert registry.get_sample_value("ordercache_cache_requests_total", negative) == 1
+    metrics.near_hits.hits["order"] += 1
+    assert registry.get_sample_value("ordercache_cache_requests_total", labels) == 6
 
 
 def test_near_cache_refused_on_cluster() -> None:

@@ -108,7 +108,8 @@ class CacheService:
             for r in ("hit", "miss", "bypass", "negative_hit")
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
-        self._near_hits = metrics.near_hits.counts
+        self._near_found = metrics.near_hits.hits
+        self._near_negative = metrics.near_hits.negative
         self._hits = {v: self._req[(v, "hit")] for v in View}
         # Entry keys of the hot paths from a per-view head: KeySpace.entry's enum and
         # spec lookups cost more than the rest of a near-cache hit.
@@ -283,8 +284,8 @@ class CacheService:
         )
 
     def _near_hit(self, view: View, found: bool) -> None:
-        (self._hits if found else self._negative_hits)[view].inc()
-        self._near_hits[view] += 1
+        # plain integers, moved into the requests counter at each scrape (NearHits)
+        (self._near_found if found else self._near_negative)[view] += 1
 
     def _near_put(
         self, near: NearCache, view: View, key: str, raw: bytes, token: int, negative: bool
