@@ -170,11 +170,11 @@ class CacheService:
         eids = [validate_id(i) for i in ids]
         if not eids or not self.breaker.allow():
             return {}
-        entry = self.keys.entry
         view = spec.view
+        head = self._key_head[view]
         t0 = time.perf_counter()
         try:
-            raws = await self.backend.mget([entry(view, e) for e in eids])
+            raws = await self.backend.mget([f"{head}{e}}}" for e in eids])
         except CacheError as exc:
             self._failed(view, "get_many", exc)
             return {}
