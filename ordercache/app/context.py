@@ -35,6 +35,10 @@ class AppContext:
     cache: CacheService
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: Endpoints ("broker", "redis") neither configured nor found in a running local
+    #: worker's record: placeholders stand in (the app needs a broker address to be
+    #: built), and a command that needs one of them refuses to start.
+    unconfigured: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -43,6 +47,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        unconfigured: frozenset[str] = frozenset(),
     ) -> AppContext:
         engine = engine_from_settings(settings)
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -72,6 +77,7 @@ class AppContext:
             ttls=ttls,
             cache=cache,
             local_default=local_default,
+            unconfigured=unconfigured,
         )
 
     async def aclose(self) -> None:
