@@ -17,6 +17,7 @@ from typing import Any
 
 import mode
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ordercache.config.settings import Settings
@@ -69,9 +70,16 @@ class LocalTraffic(mode.Service):
         producer = ChangeEventProducer.from_settings(self.settings)
         self._producer = producer
         await producer.start()
-        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
         log.info("local default: sample traffic at %.0f events/s", rate)
-        await sim.run(duration=None)
+        while True:
+            sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
+            try:
+                await sim.run(duration=None)
+            except OperationalError as exc:
+                # `ordercache seed` holds SQLite's write lock for its whole transaction;
+                # sample traffic waits it out and starts afresh from the database.
+                log.warning("local default: sample traffic paused: %s", type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def on_stop(self) -> None:
         # Stop the traffic before its producer, or it would send into a closed client.
