@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ordercache.app.reader import Reader
     from ordercache.publish import (
         EventPublisher,
         InventoryRow,
@@ -28,8 +29,12 @@ if TYPE_CHECKING:
         Topics,
         TrackingEventRow,
     )
+    from ordercache.read import HistoryPage, Read
 
 _EXPORTS = {
+    "HistoryPage": "ordercache.read",
+    "Read": "ordercache.read",
+    "Reader": "ordercache.app.reader",
     "EventPublisher": "ordercache.publish",
     "InventoryRow": "ordercache.publish",
     "Op": "ordercache.publish",
@@ -44,12 +49,15 @@ _EXPORTS = {
 
 __all__ = [
     "EventPublisher",
+    "HistoryPage",
     "InventoryRow",
     "Op",
     "OrderItemRow",
     "OrderRow",
     "PublishError",
     "Published",
+    "Read",
+    "Reader",
     "ShipmentRow",
     "Topics",
     "TrackingEventRow",

@@ -27,6 +27,7 @@ from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
+from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.web import health, metrics, read_api, stats
@@ -103,6 +104,11 @@ def health_checker(
     )
 
 
+def view_reader(ctx: AppContext) -> ViewReader:
+    """The one way to read the views: the context's cache service over its database."""
+    return ViewReader(ctx.cache, DbLoaders(ctx.sessions))
+
+
 def wire(app: faust.App, ctx: AppContext) -> Worker:
     """Add every subsystem of the worker to ``app``."""
     mirror = build_mirror(ctx)
@@ -124,7 +130,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         pipeline=pipeline,
         dlq_counts=dlq_counts,
     )
-    read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
+    read_api.register(app, read_api.ReadApi(view_reader(ctx)), web_metrics)
     health.register(app, checker)
     metrics.register(app, ctx.registry)
     stats.register(app, reporter)
