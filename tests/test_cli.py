@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ordercache.app.main import Invocation, invocation, project_version
+from ordercache.app.main import Invocation, invocation
+from ordercache.config.version import project_version
 from ordercache.local.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

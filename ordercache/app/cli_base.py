@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sys
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ import click
 from faust.cli.base import AppCommand
 from mode.utils.logging import level_number
 
+from ordercache.app.logs import configure_logging
 from ordercache.config.settings import Settings
 from ordercache.errors import OrderCacheError
 
@@ -90,11 +90,7 @@ class ProjectCommand(AppCommand):
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         # -l/--loglevel when given, else ORDERCACHE_LOG_LEVEL (not Faust's WARN default)
         level = level_number(self._loglevel or self.settings.log_level)
-        logging.basicConfig(
-            level=level,
-            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(self.settings, level)
         if level > logging.DEBUG:
             # aiokafka logs each failed connection attempt at ERROR; the command's own
             # line says the same once (debug shows them).

@@ -9,7 +9,7 @@ import faust
 import mode
 from redis.exceptions import RedisError
 
-from ordercache.app import commands
+from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
 
@@ -67,7 +67,7 @@ def create_app(ctx: AppContext) -> faust.App:
         web_enabled=True,
         # Faust's built-in /table pages would serve table contents: not ours to expose.
         web_tables_enabled=False,
-        logging_config=None,
+        logging_config=logs.faust_logging_config(settings),
     )
     app.add_dependency(LifecycleService(ctx))
     commands.register(app, ctx)

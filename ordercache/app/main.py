@@ -20,13 +20,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from types import FrameType
 
 import click
 
 from ordercache.config.settings import Settings, load_settings
+from ordercache.config.version import project_version
 from ordercache.errors import ConfigError
 from ordercache.local import discovery
 from ordercache.local.services import ManagedProcess, start_local_services
@@ -51,14 +50,6 @@ _PLACEHOLDER_BROKER = "127.0.0.1:9092"
 
 def _placeholder_redis(settings: Settings) -> str:
     return f"unix://{(settings.data_dir / 'no-redis-configured.sock').resolve()}"
-
-
-def project_version() -> str:
-    """The installed distribution's version (``pyproject.toml``), not Faust's."""
-    try:
-        return dist_version("ordercache")
-    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +135,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ordercache.app.context import AppContext
     from ordercache.app.faust_app import create_app
+    from ordercache.app.logs import configure_logging
+
+    configure_logging(settings, settings.log_level.upper())
 
     procs: list[ManagedProcess] = []
     record: discovery.LocalEndpoints | None = None
     unconfigured: frozenset[str] = frozenset()
     if call.command in _WORKER_COMMANDS and not call.help:
         args = _with_loglevel(args, call.command, settings)
+        if settings.log_format == "json":
+            args.insert(1, "--quiet")  # no start-up banner: every line is a JSON record
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             procs, settings = start_local_services(settings)
@@ -182,11 +178,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         app = create_app(ctx)
         if record is not None:
             discovery.write(settings.data_dir, record)
-            print(
-                f"{PROG}: local default recorded in {discovery.path(settings.data_dir)}; "
-                f"other terminals in {os.getcwd()} find it "
-                f"(`{PROG} stats`, `{PROG} tail ORDER_ID`, `{PROG} simulate`)",
-                file=sys.stderr,
+            log.info(
+                "local default recorded in %s: commands run from %s find it "
+                "(%s stats, %s tail ORDER_ID, %s simulate, ordercache.Reader.from_env())",
+                discovery.path(settings.data_dir),
+                os.getcwd(),
+                PROG,
+                PROG,
+                PROG,
             )
         sys.argv = args
         app.main()

@@ -23,6 +23,7 @@ from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
 from ordercache.agents.plan import plan
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
+from ordercache.config.version import project_version
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
@@ -30,7 +31,7 @@ from ordercache.local.traffic import LocalTraffic
 from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
-from ordercache.web import health, metrics, read_api, stats
+from ordercache.web import health, metrics, openapi, read_api, stats
 from ordercache.web.monitor import WebMonitor
 
 
@@ -134,6 +135,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     health.register(app, checker)
     metrics.register(app, ctx.registry)
     stats.register(app, reporter)
+    openapi.register(app, project_version())
     app.add_dependency(WebMonitor(redis_monitor, reporter, checker, loop=None))
 
     if ctx.local_default:
