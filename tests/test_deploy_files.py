@@ -58,6 +58,7 @@ needs_promtool = pytest.mark.skipif(
 REDIS_SERVER = shutil.which("redis-server")
 
 SERVICES = {
+    "notifier",
     "kafka",
     "kafka-init",
     "redis",
@@ -423,11 +424,29 @@ def test_prometheus_scrapes_worker_port(worker_env: dict[str, str]) -> None:
     assert re.search(r"^  - job_name: ordercache$", text, flags=re.MULTILINE)
     assert "metrics_path: /metrics" in text
     assert "names: [worker]" in text
-    port = re.search(r"^\s+port: (\d+)$", text, flags=re.MULTILINE)
+    port = re.search(r"names: \[worker\]\n\s+type: A\n\s+port: (\d+)$", text, flags=re.MULTILINE)
     assert port is not None
     assert port.group(1) == worker_env["ORDERCACHE_WEB_PORT"]
     assert str(Settings.model_fields["web_port"].default) == port.group(1)
     assert re.search(r"^rule_files:\n  - alerts\.yml$", text, flags=re.MULTILINE)
+
+
+def test_prometheus_scrapes_the_notifier(services: dict[str, str]) -> None:
+    """The notifier serves its consumer metrics where Prometheus looks for them."""
+    text = strip_comments(PROMETHEUS_YML.read_text())
+    job = re.search(
+        r"^  - job_name: ordercache-notifier\n(?P<body>(?:    .*\n|      .*\n)+)",
+        text,
+        flags=re.MULTILINE,
+    )
+    assert job is not None, text
+    assert "metrics_path: /metrics" in job["body"]
+    assert "names: [notifier]" in job["body"]
+    port = re.search(r"port: (\d+)", job["body"])
+    assert port is not None
+    command = flow_list(services["notifier"], "command")
+    assert command[:1] == ["notify"]
+    assert command[command.index("--metrics-port") + 1] == port.group(1)
 
 
 # --------------------------------------------------------------------------- grafana
