@@ -435,7 +435,7 @@ ERROR_CASES: list[tuple[str, str, bytes | None, bytes | None, list[tuple[str, by
     ("unknown_op", "t", b"1", dumps(envelope("orders", 1, after=ROWS["orders"])), []),
     ("unknown_op", "orders.changes", b"1", dumps(ORDER_PAYLOAD), [("id", b"e"), ("op", b"t")]),
     ("unknown_op", "orders.changes", b"1", dumps(ORDER_PAYLOAD), [("id", b"e"), ("op", b"zz")]),
-    ("unknown_table", "t", b"1", dumps(envelope("customers", "c", after={"id": 1})), []),
+    ("unknown_table", "t", b"1", dumps(envelope("products", "c", after={"id": 1})), []),
     ("unknown_table", "t", b"1", dumps(envelope(None, "c", after=ROWS["orders"])), []),
     ("unknown_table", "somewhere", b"1", dumps(ORDER_PAYLOAD), [("id", b"e")]),
     (

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from ordercache.config.settings import ENV_PREFIX, Settings, load_settings
 from ordercache.local.services import free_port, wait_for_port
@@ -58,6 +59,8 @@ needs_promtool = pytest.mark.skipif(
 REDIS_SERVER = shutil.which("redis-server")
 
 SERVICES = {
+    "connect",
+    "connect-register",
     "notifier",
     "kafka",
     "kafka-init",
@@ -158,6 +161,7 @@ def test_compose_services(services: dict[str, str]) -> None:
         ("worker", "/health/ready"),
         ("prometheus", "/-/ready"),
         ("grafana", "/api/health"),
+        ("connect", "http://localhost:8083/connector-plugins"),
     ],
 )
 def test_compose_health_checks(services: dict[str, str], service: str, probe: str) -> None:
@@ -178,6 +182,10 @@ def test_compose_health_checks(services: dict[str, str], service: str, probe: st
         ("migrate", "postgres", "service_healthy"),
         ("kafka-init", "kafka", "service_healthy"),
         ("grafana", "prometheus", "service_healthy"),
+        ("connect", "kafka", "service_healthy"),
+        ("connect", "kafka-init", "service_completed_successfully"),
+        ("connect", "migrate", "service_completed_successfully"),
+        ("connect-register", "connect", "service_healthy"),
     ],
 )
 def test_compose_start_order(
@@ -617,3 +625,52 @@ def test_docs_links_resolve() -> None:
             assert name in anchors, f"{path.name} links to missing {name}"
             if anchor:
                 assert anchor in anchors[name], f"{path.name} links to missing {name}#{anchor}"
+
+
+# --------------------------------------------------------------------------- CDC (Debezium)
+def test_compose_validates_against_the_compose_specification() -> None:
+    """The Compose Specification's JSON schema, as vendored by check-jsonschema (no network)."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads(
+        (files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
+    )
+    document = yaml.safe_load(compose_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
+    assert errors == [], [f"{list(e.path)}: {e.message}" for e in errors[:5]]
+    # and the schema does reject a broken file (the check can fail)
+    broken = {**document, "services": {"x": {"image": 3, "depends_on": {"y": {"condition": 1}}}}}
+    assert list(validator.iter_errors(broken))
+
+
+def test_compose_registers_the_shipped_connector_file(services: dict[str, str]) -> None:
+    register = services["connect-register"]
+    assert "./deploy/debezium/ordercache-connector.json:/ordercache-connector.json:ro" in register
+    assert "--data @/ordercache-connector.json" in register
+    assert "/connectors/ordercache-postgres/config" in register
+    image = re.search(r"^    image: (\S+)$", services["connect"], flags=re.MULTILINE)
+    assert image is not None and image.group(1).startswith("quay.io/debezium/connect:3.")
+    assert "wal_level=logical" in services["postgres"]
+
+
+def test_connector_file_routes_to_the_projects_topics(worker_env: dict[str, str]) -> None:
+    config = json.loads((ROOT / "deploy" / "debezium" / "ordercache-connector.json").read_text())
+    assert config["name"] == "ordercache-postgres"
+    assert config["connector.class"] == "io.debezium.connector.postgresql.PostgresConnector"
+    assert config["database.password"] == "${env:POSTGRES_PASSWORD}"  # no secret in the file
+    tables = set(config["table.include.list"].split(","))
+    assert {"public.orders", "public.order_items", "public.shipments", "public.tracking_events",
+            "public.inventory", "public.customers", "public.outbox"} == tables  # fmt: skip
+    replacements = {config[f"transforms.{t}.replacement"] for t in ("toOrders", "toInventory",
+                                                                     "toTracking")}  # fmt: skip
+    settings = load_settings({})
+    assert replacements == {
+        settings.topic_orders,
+        settings.topic_inventory,
+        settings.topic_tracking,
+    }
+    assert config["transforms.outbox.type"] == "io.debezium.transforms.outbox.EventRouter"
+    assert int(config["heartbeat.interval.ms"]) > 0

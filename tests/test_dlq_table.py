@@ -62,14 +62,14 @@ def worker_env(pg_url: str, kafka_broker: str) -> tuple[dict[str, Any], str]:
     return env, f"{tag}.inventory"
 
 
-def counted(topic: str, want: int) -> Callable[[Any], bool]:
-    """/stats shows ``want`` invalid_json dead letters from ``topic`` in the table."""
+def counted(topic: str, want: int, reason: str = "invalid_json") -> Callable[[Any], bool]:
+    """/stats shows ``want`` dead letters from ``topic`` with ``reason`` in the table."""
 
     def accept(reply: Any) -> bool:
         if reply.status != 200:
             return False
         by_reason = (reply.json().get("pipeline") or {}).get("dlq_by_reason") or {}
-        return by_reason.get(topic, {}).get("invalid_json", 0) == want
+        return by_reason.get(topic, {}).get(reason, 0) == want
 
     return accept
 
@@ -102,6 +102,16 @@ async def test_dead_letters_are_counted_and_recovered_after_a_restart(
     try:
         async with aiohttp.ClientSession() as http:
             await dead_letter_three(http, first, kafka_broker, inventory)
+            # a bounded dead letter (too large for the DLQ) is read and counted too
+            producer = AIOKafkaProducer(
+                bootstrap_servers=kafka_broker, max_request_size=4 * 1024 * 1024
+            )
+            await producer.start()
+            try:
+                await producer.send_and_wait(inventory, b"{" * (2 * 1024 * 1024), key=b"9")
+            finally:
+                await producer.stop()
+            await wait_for(http, first, "/stats", counted(inventory, 1, "oversized"), timeout=60)
     finally:
         first.stop()
     second = start_worker(env, tmp_path / "second")

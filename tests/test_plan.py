@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from ordercache.agents.plan import deleted_version, plan, tracking_update
+from ordercache.agents.plan import (
+    UNRESOLVED_REASONS,
+    deleted_version,
+    plan,
+    tracking_update,
+    unresolved,
+)
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
 from ordercache.cache.views import View
 from ordercache.models.events import (
@@ -72,6 +78,7 @@ BASE: dict[Entity, dict[str, Any]] = {
         "occurred_at": T,
         "version": 1,
     },
+    Entity.CUSTOMER: {"id": 7, "version": 12, "orders_version": 10},
 }
 PK = {Entity.INVENTORY: "product_id"}
 
@@ -86,16 +93,21 @@ def event(
     before: Row | None = None,
     after: Row | None = None,
     entity_id: int | None = None,
+    identity: dict[str, int] | None = None,
 ) -> ChangeEvent:
     image = after if after is not None else before
     if entity_id is None and image is not None:
         entity_id = getattr(image, PK.get(entity, "id"))
+    if identity is None and op is Op.DELETE and before is None and entity_id is not None:
+        identity = {PK.get(entity, "id"): entity_id}
     return ChangeEvent(
-        "topic", entity, op, entity_id, before, after, SourceInfo(entity.value, 1, 1, 1)
-    )
+        "topic", entity, op, entity_id, before, after, SourceInfo(entity.value, 1, 1, 1),
+        identity=identity,
+    )  # fmt: skip
 
 
 VO, VH, VI = View.ORDER, View.HISTORY, View.INVENTORY
+CUST = Entity.CUSTOMER
 ORD, ITEM, INV, SHIP, TRK = (
     Entity.ORDER,
     Entity.ORDER_ITEM,
@@ -124,6 +136,12 @@ CASES: list[tuple[str, ChangeEvent | Tombstone, list[CacheOp]]] = [
      [Invalidate(VO, 11, 4), Invalidate(VH, 7)]),
     ("order deleted, key-only before", event(ORD, Op.DELETE, entity_id=11),
      [Invalidate(VO, 11, None)]),
+    ("order deleted, identity with customer (index identity)",
+     event(ORD, Op.DELETE, entity_id=11, identity={"id": 11, "customer_id": 7}),
+     [Invalidate(VO, 11, None), Invalidate(VH, 7)]),
+    ("order moved, identity image names the old customer",
+     event(ORD, Op.UPDATE, after=row(ORD), identity={"id": 11, "customer_id": 6}),
+     [Invalidate(VO, 11, 3), Invalidate(VH, 7), Invalidate(VH, 6)]),
     ("orders truncated", event(ORD, Op.TRUNCATE), []),
     # ---- order items
     ("item created", event(ITEM, Op.CREATE, after=row(ITEM)), [Invalidate(VO, 11)]),
@@ -133,6 +151,9 @@ CASES: list[tuple[str, ChangeEvent | Tombstone, list[CacheOp]]] = [
      [Invalidate(VO, 11), Invalidate(VO, 12)]),
     ("item deleted, full before", event(ITEM, Op.DELETE, before=row(ITEM)), [Invalidate(VO, 11)]),
     ("item deleted, key-only before", event(ITEM, Op.DELETE, entity_id=21), []),
+    ("item deleted, identity (order_id, id)",
+     event(ITEM, Op.DELETE, entity_id=21, identity={"id": 21, "order_id": 11}),
+     [Invalidate(VO, 11)]),
     ("item snapshot read", event(ITEM, Op.READ, after=row(ITEM)), [Invalidate(VO, 11)]),
     # ---- inventory
     ("inventory updated, no sku", event(INV, Op.UPDATE, after=row(INV)), [Invalidate(VI, 5, 9)]),
@@ -160,6 +181,15 @@ CASES: list[tuple[str, ChangeEvent | Tombstone, list[CacheOp]]] = [
     ("shipment created", event(SHIP, Op.CREATE, after=row(SHIP)), []),
     ("shipment updated", event(SHIP, Op.UPDATE, after=row(SHIP, status="delivered")), []),
     ("shipment deleted", event(SHIP, Op.DELETE, before=row(SHIP)), []),
+    # ---- customers: the history's version
+    ("customer created", event(CUST, Op.CREATE, after=row(CUST)), [Invalidate(VH, 7, 10)]),
+    ("customer's orders changed", event(CUST, Op.UPDATE, after=row(CUST)),
+     [Invalidate(VH, 7, 10)]),
+    ("customer snapshot read", event(CUST, Op.READ, after=row(CUST)), [Invalidate(VH, 7, 10)]),
+    ("customer deleted, full before", event(CUST, Op.DELETE, before=row(CUST)),
+     [Invalidate(VH, 7, 11)]),
+    ("customer deleted, key-only", event(CUST, Op.DELETE, entity_id=7),
+     [Invalidate(VH, 7, None)]),
     # ---- tombstones
     ("tombstone", Tombstone("orders.changes", b"11"), []),
 ]  # fmt: skip
@@ -225,3 +255,24 @@ def test_plan_is_pure_and_repeatable() -> None:
 )
 def test_tracking_update(ev: ChangeEvent | Tombstone, expected: TrackingUpdate | None) -> None:
     assert tracking_update(ev) == expected
+
+
+@pytest.mark.parametrize(
+    ("ev", "reason"),
+    [
+        (event(ORD, Op.DELETE, entity_id=11), "history_unknown"),
+        (event(ORD, Op.DELETE, entity_id=11, identity={"id": 11, "customer_id": 7}), None),
+        (event(ORD, Op.DELETE, before=row(ORD)), None),
+        (event(ITEM, Op.DELETE, entity_id=21), "parent_unknown"),
+        (event(ITEM, Op.DELETE, entity_id=21, identity={"id": 21, "order_id": 11}), None),
+        (event(TRK, Op.DELETE, entity_id=41), "parent_unknown"),
+        (event(SHIP, Op.DELETE, entity_id=31), None),
+        (event(INV, Op.DELETE, entity_id=5), None),
+        (event(INV, Op.TRUNCATE), "truncate"),
+        (event(ORD, Op.UPDATE, after=row(ORD)), None),
+        (Tombstone("t", b"1"), None),
+    ],
+)
+def test_unresolved_names_what_a_plan_cannot_reach(ev: Any, reason: str | None) -> None:
+    assert unresolved(ev) == reason
+    assert reason is None or reason in UNRESOLVED_REASONS

@@ -470,6 +470,71 @@ def test_console_entry_fails_with_one_line_naming_the_variable(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {f"{P}REDIS_PROT": "6380"},
+            f"{P}REDIS_PROT: unknown setting (did you mean {P}REDIS_PORT?)",
+        ),
+        ({f"{P}REDIS_ULR": SECRET}, f"{P}REDIS_ULR: unknown setting (did you mean {P}REDIS_URL?)"),
+        ({f"{P}WEBPORT": "1"}, f"{P}WEBPORT: unknown setting (did you mean {P}WEB_PORT?)"),
+        (
+            {"ordercache_ttl_ordr": "5"},
+            f"{P}TTL_ORDR: unknown setting (did you mean {P}TTL_ORDER?)",
+        ),
+        ({f"{P}FROBNICATE": "1"}, f"{P}FROBNICATE: unknown setting (see docs/configuration.md)"),
+    ],
+)
+def test_an_unknown_variable_is_an_error_naming_the_closest_setting(
+    env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({**env, f"{P}REDIS_PORT": "6379"})
+    assert str(info.value) == expected
+    assert SECRET not in str(info.value)
+
+
+def test_unknown_variables_are_all_listed_and_harness_variables_are_not_settings() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({f"{P}B_TYPO": "1", f"{P}A_TYPO": "1"})
+    assert str(info.value).count("unknown setting") == 2
+    ok = load_settings(
+        {f"{P}TEST_REDIS_URL": "x", f"{P}BENCH_REDIS_URL": "x", "OTHER_REDIS_PROT": "1"}
+    )
+    assert ok.redis_port == 6379
+
+
+def test_console_entry_reports_a_misspelt_variable_in_one_line() -> None:
+    done = _run_main({f"{P}REDIS_PROT": "6380"}, "worker")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"ordercache: configuration error: {P}REDIS_PROT: unknown setting "
+        f"(did you mean {P}REDIS_PORT?)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["worker", "migrate"])
+def test_an_uncreatable_data_dir_is_one_line_exit_2(tmp_path: Path, command: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = blocker / "data"
+    done = _run_main({f"{P}DATA_DIR": str(bad), f"{P}REDIS_URL": "redis://127.0.0.1:9/0"}, command)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"ordercache: configuration error: {P}DATA_DIR: cannot create {str(bad)!r} (Not a directory)"
+    ]
+
+
+def test_a_missing_data_dir_is_created(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "data"
+    done = _run_main(
+        {f"{P}DATA_DIR": str(data), f"{P}REDIS_URL": "redis://127.0.0.1:9/0"}, "migrate"
+    )
+    assert done.returncode == 0, done.stderr
+    assert (data / "ordercache.db").is_file()
+
+
 # --------------------------------------------------------------------------- docs
 def test_configuration_doc_is_up_to_date() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")

@@ -7,6 +7,7 @@ Tansu broker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -145,6 +146,54 @@ async def test_invalid_id_is_400(http: aiohttp.ClientSession, worker: Worker, pa
     assert body["error"] == "invalid id"
     assert "detail" in body
     assert "X-Cache" not in reply.headers
+
+
+MARK = b"REQ-BYTES-5e1f"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"GET /" + MARK * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "LineTooLong"),
+        (b"BREW /" + MARK + b" HTTP/1.1\r\nHost: x\r\n\r\n", "BadHttpMethod"),
+        # the second request on a connection: aiohttp logged this one with a traceback
+        (
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nBREW /" + MARK + b" HTTP/1.1\r\n\r\n",
+            "BadHttpMethod",
+        ),
+        (b"\x16\x03\x01\x02\x00" + MARK + b"\r\n\r\n", "BadHttpMethod"),
+    ],
+)
+async def test_malformed_request_gets_a_fixed_400_and_one_log_line(
+    http: aiohttp.ClientSession, worker: Worker, raw: bytes, error: str
+) -> None:
+    from ordercache.web.server import BAD_REQUEST_BODY
+
+    start = len(worker.process.log())
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 15)  # the server closes
+    finally:
+        writer.close()
+    last = answer[answer.rfind(b"HTTP/1.") :]
+    head, _, body = last.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400") or head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert body == BAD_REQUEST_BODY.encode()
+    assert MARK not in answer
+    needle = f": {error} (answered 400)"
+    deadline = asyncio.get_running_loop().time() + 15
+    while needle not in worker.process.log()[start:]:
+        assert asyncio.get_running_loop().time() < deadline, worker.log_tail()
+        await asyncio.sleep(0.05)
+    logged = worker.process.log()[start:]
+    assert [ln for ln in logged.splitlines() if "malformed HTTP request" in ln] == [
+        ln for ln in logged.splitlines() if needle in ln
+    ]
+    assert sum(needle in ln for ln in logged.splitlines()) == 1
+    assert "Traceback" not in logged
+    assert MARK.decode() not in logged
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,11 @@ class RecordLike(Protocol):
 
 Decoder = Callable[[str, bytes | None, bytes | None, Headers], Any]
 Planner = Callable[[Any], list[CacheOp]]
-IsTombstone = Callable[[Any], bool]
+#: True (or an outcome name such as ``"heartbeat"``) for an event that plans nothing
+#: and is not an error: counted under that outcome (``"tombstone"`` for ``True``).
+IsTombstone = Callable[[Any], bool | str | None]
+#: Why an event's plan cannot cover everything its change affected (or ``None``).
+Unresolved = Callable[[Any], str | None]
 #: The stream-mirror record of a decoded event read at a record's position, or None
 #: for events the mirror does not take; raises DecodeError for a record it refuses.
 TrackingExtractor = Callable[["RecordLike", Any], TrackingRecord | None]
@@ -58,8 +62,10 @@ class BatchPlan:
     events: list[tuple[RecordLike, Any]] = field(default_factory=list)
     #: Tracking updates to mirror into Redis Streams, built (and validated) once, in order.
     tracking: list[TrackingRecord] = field(default_factory=list)
-    #: (topic, outcome) -> count; outcomes: applied, tombstone, dlq.
+    #: (topic, outcome) -> count; outcomes: applied, tombstone, heartbeat, dlq.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Applied events whose plan could not name every affected entry, with the reason.
+    unresolved: list[tuple[RecordLike, Any, str]] = field(default_factory=list)
     #: Highest offset seen per (topic, partition): what to commit after applying.
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Produce timestamps (ms) of applied records, for the lag histogram.
@@ -71,6 +77,7 @@ def plan_batch(
     decode: Decoder,
     plan: Planner,
     is_tombstone: IsTombstone,
+    unresolved: Unresolved | None = None,
     *,
     tracking: TrackingExtractor | None = None,
 ) -> BatchPlan:
@@ -81,8 +88,10 @@ def plan_batch(
         out.last_offsets[(rec.topic, rec.partition)] = rec.offset
         try:
             event = decode(rec.topic, rec.key, rec.value, rec.headers)
-            if is_tombstone(event):
-                out.outcomes[(rec.topic, "tombstone")] += 1
+            skipped = is_tombstone(event)
+            if skipped:
+                outcome = skipped if isinstance(skipped, str) else "tombstone"
+                out.outcomes[(rec.topic, outcome)] += 1
                 continue
             ops = plan(event)
             mirrored = tracking(rec, event) if tracking is not None else None
@@ -105,5 +114,8 @@ def plan_batch(
         if mirrored is not None:
             out.tracking.append(mirrored)
         out.outcomes[(rec.topic, "applied")] += 1
+        reason = None if unresolved is None else unresolved(event)
+        if reason is not None:
+            out.unresolved.append((rec, event, reason))
         out.timestamps.append(rec.timestamp)
     return out

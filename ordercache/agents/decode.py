@@ -8,7 +8,10 @@ One function, :func:`decode`, accepts both change-event forms (docs/events.md):
 * the **outbox** form of the Debezium outbox event router: key = aggregate id,
   header ``id`` = event id, value = the row image, often as a JSON-encoded string.
 
-A null value is a :class:`Tombstone`. Anything else raises
+A null value is a :class:`Tombstone`; a Debezium heartbeat (``{"ts_ms": N}``) is a
+:class:`Heartbeat`. A delete's before image that is only the replica identity
+(Debezium's type-default placeholders in the other columns) is recognised as such and
+never validated as a row (:func:`_before`). Anything else raises
 :class:`~ordercache.errors.DecodeError` with a short ``reason`` (see
 :data:`REASONS`); the agent sends the message to the dead-letter topic and goes on.
 
@@ -31,9 +34,11 @@ from ordercache.errors import DecodeError
 from ordercache.models.events import (
     MAX_ID,
     PRIMARY_KEY,
+    REQUIRED_REFS,
     ROW_MODELS,
     ChangeEvent,
     Entity,
+    Heartbeat,
     Op,
     Row,
     SourceInfo,
@@ -64,6 +69,8 @@ _TABLES: dict[str, Entity] = {e.value: e for e in Entity}
 _ID_FIELDS = frozenset({"id", "order_id", "customer_id", "product_id", "shipment_id"})
 _ROW_KEYS = frozenset({"id", "product_id"})
 _OUTBOX_TOPIC_PREFIX = "outbox.event."
+#: pydantic error types whose message is a validator's own text (may quote the input).
+_FREE_TEXT_ERRORS = frozenset({"value_error", "assertion_error"})
 
 
 def _norm(name: str) -> str:
@@ -85,6 +92,8 @@ AGGREGATE_TYPES: Mapping[str, Entity] = MappingProxyType(
         "trackingevents": Entity.TRACKING_EVENT,
         "trackingupdate": Entity.TRACKING_EVENT,
         "tracking": Entity.TRACKING_EVENT,
+        "customer": Entity.CUSTOMER,
+        "customers": Entity.CUSTOMER,
     }
 )
 
@@ -127,7 +136,7 @@ def decode(
     value: bytes | None,
     headers: Headers = (),
     config: DecodeConfig = DEFAULT_CONFIG,
-) -> ChangeEvent | Tombstone:
+) -> ChangeEvent | Tombstone | Heartbeat:
     """Decode one Kafka message. Raises :class:`DecodeError` (``reason`` in REASONS).
 
     One message is one change (Debezium never batches rows into a message, and
@@ -143,6 +152,8 @@ def decode(
         doc = doc["payload"]  # JSON converter with schemas.enable=true
         if doc is None:
             return _tombstone(topic, key)
+    if type(doc) is dict and len(doc) == 1 and type(doc.get("ts_ms")) is int:
+        return Heartbeat(topic, doc["ts_ms"])  # routed here by a misconfigured connector
     if type(doc) is dict and "op" in doc and ("source" in doc or "after" in doc or "before" in doc):
         # (a truncate event has neither before nor after, only op and source)
         return _envelope(topic, key, doc, headers)
@@ -159,14 +170,14 @@ def decode(
 def _envelope(topic: str, key: bytes | None, doc: dict[str, Any], headers: Headers) -> ChangeEvent:
     op = _OPS.get(doc["op"]) if isinstance(doc["op"], str) else None
     if op is None:
-        raise DecodeError("unknown_op", f"op {str(doc['op'])[:16]!r}")
+        raise DecodeError("unknown_op", "op: expected one of c, u, d, r, t")
     source = doc.get("source")
     if type(source) is not dict:
         raise DecodeError("schema_mismatch", "envelope without a source block")
     table = source.get("table")
     entity = _TABLES.get(table) if isinstance(table, str) else None
     if entity is None:
-        raise DecodeError("unknown_table", f"source.table {str(table)[:64]!r}")
+        raise DecodeError("unknown_table", "source.table: not a captured table")
     src = SourceInfo(
         entity.value,
         _opt_int(source.get("lsn"), "source.lsn"),
@@ -183,29 +194,53 @@ def _envelope(topic: str, key: bytes | None, doc: dict[str, Any], headers: Heade
     if op is Op.DELETE:
         if raw_before is None:
             raise DecodeError("schema_mismatch", f"{entity.value}: delete without a before image")
-        before, deleted_id = _before(entity, raw_before)
-        return ChangeEvent(topic, entity, op, deleted_id, before, None, src, ts_ms, event_id, key)
+        before, deleted_id, ident = _before(entity, raw_before)
+        return ChangeEvent(
+            topic, entity, op, deleted_id, before, None, src, ts_ms, event_id, key,
+            identity=ident,
+        )  # fmt: skip
     if raw_after is None:
         raise DecodeError("schema_mismatch", f"{entity.value}: op {op.value} without after image")
     after = _row(entity, raw_after, "after")
-    before = None if raw_before is None else _before(entity, raw_before)[0]
+    before, ident = None, None
+    if raw_before is not None:
+        before, _, ident = _before(entity, raw_before)
     entity_id: int = getattr(after, PRIMARY_KEY[entity])
-    return ChangeEvent(topic, entity, op, entity_id, before, after, src, ts_ms, event_id, key)
+    return ChangeEvent(
+        topic, entity, op, entity_id, before, after, src, ts_ms, event_id, key, identity=ident
+    )
 
 
-def _before(entity: Entity, raw: object) -> tuple[Row | None, int]:
-    """The before image, or ``None`` when it only carries the key columns.
+def _real_id(value: object) -> bool:
+    return type(value) is int and 0 < value <= MAX_ID
 
-    Under ``REPLICA IDENTITY DEFAULT`` PostgreSQL logs only the primary key of a
-    deleted row; Debezium then emits the other columns as null.
+
+def _before(entity: Entity, raw: object) -> tuple[Row | None, int, dict[str, int] | None]:
+    """``(row, primary key, None)``, or ``(None, primary key, ids)`` for an identity image.
+
+    PostgreSQL logs only the replica-identity columns of a deleted (or re-keyed) row
+    unless the table is ``REPLICA IDENTITY FULL``: the primary key under ``DEFAULT``,
+    the index columns under ``USING INDEX``. Debezium fills every other NOT NULL
+    column with its type's default (``0``, ``""``, ``1970-01-01T00:00:00Z``) and the
+    nullable ones with null. Such an image is not a row: every row of this schema has
+    ``version >= 1`` and real ids in its NOT NULL references, so an image with a
+    version or a required reference that is not a real value is an identity image.
+    Its ids that are real (the primary key, and any reference the identity covers)
+    are returned; nothing else of it is trusted.
     """
     if type(raw) is not dict:
         raise DecodeError("schema_mismatch", f"{entity.value}.before: expected an object")
     pk = PRIMARY_KEY[entity]
-    if all(v is None for k, v in raw.items() if k != pk):
-        return None, _id(raw.get(pk), f"{entity.value}.before.{pk}")
+    refs = REQUIRED_REFS[entity]
+    version = raw.get("version")
+    full = type(version) is int and version > 0 and all(_real_id(raw.get(c)) for c in refs)
+    if not full:
+        key = _id(raw.get(pk), f"{entity.value}.before.{pk}")
+        ids = {c: raw[c] for c in refs if _real_id(raw.get(c))}
+        ids[pk] = key
+        return None, key, ids
     row = _row(entity, raw, "before")
-    return row, getattr(row, pk)
+    return row, getattr(row, pk), None
 
 
 # --------------------------------------------------------------------------- outbox
@@ -245,11 +280,13 @@ def _outbox_entity(
     if name is None:
         entity = config.topic_tables.get(topic)
         if entity is None:
-            raise DecodeError("unknown_table", f"no aggregate type for topic {topic[:64]!r}")
+            raise DecodeError(
+                "unknown_table", "aggregatetype: none in the headers, the payload or the topic name"
+            )
         return entity
     entity = AGGREGATE_TYPES.get(_norm(str(name)))
     if entity is None:
-        raise DecodeError("unknown_table", f"aggregate type {str(name)[:64]!r}")
+        raise DecodeError("unknown_table", "aggregatetype: not a captured table")
     return entity
 
 
@@ -282,7 +319,10 @@ def _loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError("invalid_json", str(exc)[:120]) from None
+        # orjson's message is fixed text; the position says where, never what.
+        raise DecodeError(
+            "invalid_json", f"{exc.msg[:80]} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def _row(entity: Entity, raw: object, where: str) -> Row:
@@ -298,7 +338,11 @@ def _row(entity: Entity, raw: object, where: str) -> Row:
             if err["loc"] and err["loc"][0] in _ID_FIELDS and err["type"] != "missing"
             else "schema_mismatch"
         )
-        raise DecodeError(reason, f"{entity.value}.{where}.{loc}: {err['msg']}") from None
+        # The rule, never the value: pydantic's own messages are templates of the
+        # constraint; a validator's free text (value_error) might quote its input.
+        rule = err["type"]
+        text = "invalid value" if rule in _FREE_TEXT_ERRORS else err["msg"]
+        raise DecodeError(reason, f"{entity.value}.{where}.{loc}: {text} ({rule})") from None
 
 
 def _id(raw: object, where: str) -> int:
@@ -336,6 +380,11 @@ def _header_text(raw: bytes | None) -> str:
     return text
 
 
-def is_tombstone(event: object) -> bool:
-    """True for a null-valued record (counted, not applied, never an error)."""
-    return isinstance(event, Tombstone)
+def is_tombstone(event: object) -> bool | str:
+    """The outcome of a record that plans nothing and is no error, else False:
+    ``"tombstone"`` (null value) or ``"heartbeat"`` (a Debezium heartbeat)."""
+    if isinstance(event, Tombstone):
+        return "tombstone"
+    if isinstance(event, Heartbeat):
+        return "heartbeat"
+    return False

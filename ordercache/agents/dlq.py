@@ -6,15 +6,25 @@ original headers in their order; the failure context is added as headers named
 ``ordercache.dlq.*``. Operators see the payload as it arrived (any console
 consumer prints it), and replaying is a copy of key, value and headers back to
 ``ordercache.dlq.topic`` — no base64, no re-encoding. See docs/events.md.
+
+A dead letter that cannot be sent whole — larger than the DLQ producer's request
+limit, or refused by the broker for any permanent reason — is sent **bounded**
+(:func:`bounded`): the same context headers, the original size and SHA-256, the
+original headers and key as far as they fit, and the longest prefix of the value
+that fits. No record can then hold its partition: the offset moves on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ordercache.agents.batch import Rejected
 
@@ -28,12 +38,20 @@ H_TIMESTAMP = HEADER_PREFIX + "timestamp_ms"
 H_FAILED_AT = HEADER_PREFIX + "failed_at_ms"
 H_ATTEMPTS = HEADER_PREFIX + "attempts"
 H_FORMAT = HEADER_PREFIX + "format"
+# Present only on a bounded dead letter (see bounded()).
+H_BOUNDED = HEADER_PREFIX + "bounded"
+H_ORIGINAL_SIZE = HEADER_PREFIX + "original_size"
+H_ORIGINAL_SHA256 = HEADER_PREFIX + "original_sha256"
+H_KEY_SIZE = HEADER_PREFIX + "original_key_size"
+H_KEY_SHA256 = HEADER_PREFIX + "original_key_sha256"
+H_HEADERS_DROPPED = HEADER_PREFIX + "headers_dropped"
 
 FORMAT_VERSION = "1"
 #: Longest ``detail`` kept, characters (the reason code is the machine-readable part).
 MAX_DETAIL = 500
 
 _REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_CAUSE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class DlqRecord(NamedTuple):
@@ -42,6 +60,24 @@ class DlqRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounded:
+    """What a bounded dead letter left out, so the original can be identified.
+
+    ``cause`` names why the whole letter was not sent (the Kafka error class, e.g.
+    ``MessageSizeTooLargeError``); sizes and SHA-256 digests are of the original
+    value (and of the key, when the key had to be cut); ``headers_dropped`` counts
+    original headers that did not fit (the first ones are kept, in order).
+    """
+
+    cause: str
+    value_size: int | None
+    value_sha256: str | None
+    key_size: int | None = None
+    key_sha256: str | None = None
+    headers_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +100,8 @@ class DeadLetter:
     timestamp_ms: int | None
     failed_at_ms: int
     attempts: int = 1
+    #: Set on a bounded dead letter: the value is then a prefix of the original.
+    bound: Bounded | None = None
 
     def to_record(self) -> DlqRecord:
         """Key, value and headers of the DLQ message (original bytes unchanged)."""
@@ -86,6 +124,8 @@ class DeadLetter:
             (H_ATTEMPTS, str(self.attempts)),
             (H_FORMAT, FORMAT_VERSION),
         ]
+        if self.bound is not None:
+            ctx += _bound_headers(self.bound)
         headers += [(name, text.encode("utf-8")) for name, text in ctx]
         return DlqRecord(self.key, self.value, headers)
 
@@ -115,7 +155,100 @@ class DeadLetter:
             timestamp_ms=_opt_int(ours.get(H_TIMESTAMP)),
             failed_at_ms=int(ours[H_FAILED_AT]),
             attempts=int(ours.get(H_ATTEMPTS, "1")),
+            bound=_read_bound(ours),
         )
+
+
+def _bound_headers(b: Bounded) -> list[tuple[str, str]]:
+    if not _CAUSE_RE.fullmatch(b.cause):
+        raise ValueError(f"bounded cause must be an error class name, got {b.cause[:40]!r}")
+    out = [(H_BOUNDED, b.cause)]
+    if b.value_size is not None and b.value_sha256 is not None:
+        out += [(H_ORIGINAL_SIZE, str(b.value_size)), (H_ORIGINAL_SHA256, b.value_sha256)]
+    if b.key_size is not None and b.key_sha256 is not None:
+        out += [(H_KEY_SIZE, str(b.key_size)), (H_KEY_SHA256, b.key_sha256)]
+    if b.headers_dropped:
+        out.append((H_HEADERS_DROPPED, str(b.headers_dropped)))
+    return out
+
+
+def _read_bound(ours: dict[str, str]) -> Bounded | None:
+    cause = ours.get(H_BOUNDED)
+    if cause is None:
+        return None
+    return Bounded(
+        cause=cause,
+        value_size=_opt_int(ours.get(H_ORIGINAL_SIZE)),
+        value_sha256=ours.get(H_ORIGINAL_SHA256),
+        key_size=_opt_int(ours.get(H_KEY_SIZE)),
+        key_sha256=ours.get(H_KEY_SHA256),
+        headers_dropped=_opt_int(ours.get(H_HEADERS_DROPPED), default=0) or 0,
+    )
+
+
+#: Smallest limit a bounded letter can be built for (the context headers must fit).
+MIN_BOUNDED_LIMIT = 4096
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    """The size aiokafka's producer checks against ``max_request_size`` (its own estimate)."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
+def bounded(record: DlqRecord, *, limit: int, cause: str, keep_payload: bool = True) -> DlqRecord:
+    """The dead letter ``record`` cut down to at most ``limit`` bytes (:func:`record_size`).
+
+    The context headers are kept whole; original headers and the key keep at most a
+    quarter of the room each (headers in order, whole or not at all; the key as a
+    prefix); the value gets the rest, as a prefix. ``keep_payload=False`` keeps
+    nothing of the original but its sizes and digests (the last resort when even a
+    bounded letter is refused). Pure; raises ValueError if ``record`` is not a dead
+    letter or ``limit`` < :data:`MIN_BOUNDED_LIMIT`.
+    """
+    if limit < MIN_BOUNDED_LIMIT:
+        raise ValueError(f"limit must be at least {MIN_BOUNDED_LIMIT} bytes")
+    letter = DeadLetter.from_record(record.key, record.value, record.headers)
+    value, key = letter.value, letter.key
+    # Room left by the context, counted with every optional header present (worst case).
+    worst = Bounded(cause, 2**62, "0" * 64, 2**62, "0" * 64, 2**31)
+    base = _replace(letter, key=None, value=b"", headers=(), bound=worst).to_record()
+    room = limit - record_size(*base)
+    quarter = max(0, room // 4) if keep_payload else 0
+    kept: list[tuple[str, bytes | None]] = []
+    used = 0
+    for h in letter.headers:
+        size = record_size(None, None, [h]) - record_size(None, None, [])
+        if used + size > quarter:
+            break
+        kept.append(h)
+        used += size
+    cut_key = key is not None and len(key) > quarter
+    bound = Bounded(
+        cause=cause,
+        value_size=None if value is None else len(value),
+        value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+        key_size=len(key) if cut_key and key is not None else None,
+        key_sha256=hashlib.sha256(key).hexdigest() if cut_key and key is not None else None,
+        headers_dropped=len(letter.headers) - len(kept),
+    )
+    new_key = key[:quarter] if key is not None and keep_payload else None
+    shell = _replace(letter, key=new_key, value=b"", headers=tuple(kept), bound=bound)
+    if value is None or not keep_payload:
+        return _replace(shell, value=None).to_record()
+    empty = record_size(*shell.to_record())
+    n = min(len(value), max(0, limit - empty))
+    # The length prefix of the value grows with it: at most a few bytes to give back.
+    while (
+        n > 0 and (over := record_size(*_replace(shell, value=value[:n]).to_record()) - limit) > 0
+    ):
+        n -= over
+    return _replace(shell, value=value[: max(0, n)]).to_record()
+
+
+def _replace(letter: DeadLetter, **changes: Any) -> DeadLetter:
+    return dataclasses.replace(letter, **changes)
 
 
 def dead_letter(

@@ -18,6 +18,7 @@ class PipelineMetrics:
     retries: Counter
     batch_size: Histogram
     reapplied: Counter
+    unresolved: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
@@ -60,6 +61,13 @@ class PipelineMetrics:
             reapplied=Counter(
                 "ordercache_invalidations_reapplied",
                 "Recent cache operations re-applied after a Redis restart or failover.",
+                registry=registry,
+            ),
+            unresolved=Counter(
+                "ordercache_events_unresolved",
+                "Applied change events that could not name every affected cache entry"
+                " (truncate, history_unknown, parent_unknown); those entries expire by TTL.",
+                ["topic", "reason"],
                 registry=registry,
             ),
         )

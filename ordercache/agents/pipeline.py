@@ -11,7 +11,9 @@ the target. Owning the commit gives at-least-once by construction:
 * the committed offset never passes a record whose cache operation did not apply —
   Redis errors are retried with backoff while the partition waits;
 * bad records go to the DLQ (reason, original key/value/headers, source position)
-  before the offset moves past them; a tombstone is counted, not an error;
+  before the offset moves past them; a tombstone is counted, not an error; a dead
+  letter the DLQ refuses for good (too large, or any non-retriable broker error) is
+  sent bounded instead (``dlq.bounded``), so no record can hold a partition;
 * duplicates and replays are harmless: every cache operation is version-guarded
   and idempotent.
 
@@ -36,6 +38,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
 
 from ordercache.agents.batch import (
     BatchPlan,
@@ -44,8 +47,10 @@ from ordercache.agents.batch import (
     Planner,
     Rejected,
     TrackingExtractor,
+    Unresolved,
     plan_batch,
 )
+from ordercache.agents.dlq import DlqRecord, bounded
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.cache.interface import Cache
 from ordercache.cache.ops import CacheOp
@@ -83,6 +88,9 @@ class PipelineConfig:
     fetch_max_wait_ms: int = 10
     #: Partitions of the topics created when missing (production creates them ahead).
     partitions: int = 4
+    #: The DLQ producer's ``max_request_size`` (aiokafka's default): larger dead letters
+    #: are sent bounded. Keep it at or below the broker's ``message.max.bytes``.
+    dlq_max_bytes: int = 1024 * 1024
 
 
 class ChangePipeline(mode.Service):
@@ -100,6 +108,7 @@ class ChangePipeline(mode.Service):
         dead_letter: DeadLetterBuilder,
         tracking: TrackingExtractor | None = None,
         hooks: Sequence[BatchHook] = (),
+        unresolved: Unresolved | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +118,7 @@ class ChangePipeline(mode.Service):
         self._decode = decode
         self._plan = plan
         self._is_tombstone = is_tombstone
+        self._unresolved = unresolved
         self._dead_letter = dead_letter
         self._tracking = tracking
         self._hooks = list(hooks)
@@ -125,7 +135,11 @@ class ChangePipeline(mode.Service):
         await ensure_topics(c.bootstrap, [*c.topics, c.dlq_topic], c.partitions)
         self._run_id = await self.cache.server_identity()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=c.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+            bootstrap_servers=c.bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=5,
+            max_request_size=c.dlq_max_bytes,
         )
         self._consumer = AIOKafkaConsumer(
             *c.topics,
@@ -195,8 +209,9 @@ class ChangePipeline(mode.Service):
     async def process(self, records: Sequence[Any]) -> bool:
         """Apply one batch; False if the service stopped before it applied."""
         bp = plan_batch(
-            records, self._decode, self._plan, self._is_tombstone, tracking=self._tracking
-        )
+            records, self._decode, self._plan, self._is_tombstone, self._unresolved,
+            tracking=self._tracking,
+        )  # fmt: skip
         if not await self._retrying(lambda: self._apply(bp)):
             return False
         if bp.rejected and not await self._retrying(lambda: self._send_dead_letters(bp.rejected)):
@@ -207,6 +222,14 @@ class ChangePipeline(mode.Service):
             observe(max(0.0, (now_ms - ts) / 1000))
         for (topic, outcome), n in bp.outcomes.items():
             self.metrics.events.labels(topic, outcome).inc(n)
+        for rec, event, reason in bp.unresolved:
+            self.metrics.unresolved.labels(rec.topic, reason).inc()
+            log.warning(
+                "change applied only in part (%s): table=%s op=%s id=%s at %s[%d]@%d;"
+                " the entries it cannot name expire with their TTL (docs/events.md)",
+                reason, getattr(event, "entity", "?"), getattr(event, "op", "?"),
+                getattr(event, "entity_id", None), rec.topic, rec.partition, rec.offset,
+            )  # fmt: skip
         self.metrics.batch_size.observe(len(records))
         self.batches += 1
         return True
@@ -240,21 +263,63 @@ class ChangePipeline(mode.Service):
                     return False
 
     async def _send_dead_letters(self, rejected: Sequence[Rejected]) -> None:
-        assert self._producer is not None
-        futures = []
+        """Send each rejected record's dead letter; a retriable error raises (the whole
+        step is retried, duplicates in the DLQ are harmless), a permanent one makes the
+        letter bounded (see :meth:`_send_bounded`)."""
+        pending = []
         for r in rejected:
             key, value, headers = self._dead_letter(r)
-            futures.append(
-                await self._producer.send(
-                    self.config.dlq_topic, value=value, key=key, headers=headers
-                )
-            )
+            record = DlqRecord(key, value, list(headers))
+            pending.append((r, record, await self._start_send(record)))
+        for r, record, sent in pending:
+            try:
+                await sent
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                await self._send_bounded(r, record, exc)
             self.metrics.dlq.labels(r.record.topic, r.reason).inc()
             log.warning(
                 "dead letter: %s[%d]@%d: %s",
                 r.record.topic, r.record.partition, r.record.offset, r.reason,
             )  # fmt: skip
-        await asyncio.gather(*futures)
+
+    async def _start_send(self, record: DlqRecord) -> asyncio.Future[RecordMetadata]:
+        """The send's delivery future; a refusal before sending (aiokafka checks the size
+        itself) comes back as a failed future, as the broker's refusals do."""
+        assert self._producer is not None
+        try:
+            fut: asyncio.Future[RecordMetadata] = await self._producer.send(
+                self.config.dlq_topic, value=record.value, key=record.key, headers=record.headers
+            )
+        except KafkaError as exc:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+        return fut
+
+    async def _send_bounded(self, r: Rejected, record: DlqRecord, cause: KafkaError) -> None:
+        """Send the letter cut to the DLQ limit; if that is refused for good too, one
+        without any original bytes (sizes and digests only). A refusal of that last one
+        is not the record's fault but the DLQ topic's: it raises and the step retries."""
+        name = type(cause).__name__
+        last: KafkaError = cause
+        for keep_payload in (True, False):
+            small = bounded(
+                record, limit=self.config.dlq_max_bytes, cause=name, keep_payload=keep_payload
+            )
+            log.warning(
+                "dead letter of %s[%d]@%d refused (%s): sending it bounded (%s)",
+                r.record.topic, r.record.partition, r.record.offset, name,
+                "value prefix" if keep_payload else "no payload",
+            )  # fmt: skip
+            try:
+                await (await self._start_send(small))
+                return
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                last = exc
+        raise last
 
     async def _rewind(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
         for tp, recs in batches.items():

@@ -17,6 +17,7 @@ from typing import Any
 
 import mode
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ResponseError
 
 from ordercache.agents.batch import BatchPlan, RecordLike
 from ordercache.agents.plan import tracking_update
@@ -78,25 +79,45 @@ class StreamGauges(mode.Service):
         self.layout = layout
         self.interval = interval
         self.metrics = StreamMetrics.for_registry(registry)
+        #: Groups reported per stream label at the last refresh (to forget vanished ones).
+        self._groups: dict[str, set[str]] = {}
 
     @mode.Service.task
     async def _refresh(self) -> None:
-        client = self.client
-        layout = self.layout
         while not self.should_stop:
-            for shard in range(layout.shards):
-                stream = layout.shard_stream(shard)
-                label = f"tracking:{shard}"
-                try:
-                    groups = await client.xinfo_groups(stream)
-                    if not groups:
-                        self.metrics.length.labels(label).set(await client.xlen(stream))
-                    for g in groups:
-                        name = g["name"]
-                        group = name.decode() if isinstance(name, bytes) else str(name)
-                        await refresh_group_gauges(
-                            client, self.metrics, stream=stream, label=label, group=group
-                        )
-                except Exception as exc:  # noqa: BLE001 - gauges are best effort
-                    log.debug("stream gauges not refreshed: %s", exc)
+            await self.refresh()
             await self.sleep(self.interval)
+
+    async def refresh(self) -> None:
+        """One pass over the shard streams; a group or stream that disappeared since the
+        last pass has its gauges removed."""
+        client = self.client
+        for shard in range(self.layout.shards):
+            stream = self.layout.shard_stream(shard)
+            label = f"tracking:{shard}"
+            try:
+                groups = await _group_names(client, stream)
+                if not groups:
+                    self.metrics.length.labels(label).set(await client.xlen(stream))
+                for group in groups:
+                    await refresh_group_gauges(
+                        client, self.metrics, stream=stream, label=label, group=group
+                    )
+            except Exception as exc:  # noqa: BLE001 - gauges are best effort
+                log.debug("stream gauges not refreshed: %s", exc)
+                continue
+            for gone in self._groups.get(label, set()) - groups:
+                self.metrics.forget_group(label, gone)
+            self._groups[label] = groups
+
+
+async def _group_names(client: AnyRedis, stream: str) -> set[str]:
+    """The stream's consumer groups; none when the stream does not exist."""
+    try:
+        infos = await client.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return set()
+        raise
+    names = (g["name"] for g in infos)
+    return {n.decode() if isinstance(n, bytes) else str(n) for n in names}

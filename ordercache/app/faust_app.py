@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
+from ordercache.web.server import WEB_URL
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def create_app(ctx: AppContext) -> faust.App:
         producer_linger=0.005,
         autodiscover=False,
         web_enabled=True,
+        # Faust's aiohttp driver, answering malformed requests with a fixed 400
+        # (ordercache.web.server, found through the faust.web.drivers entry point).
+        web=WEB_URL,
         # Faust's built-in /table pages would serve table contents: not ours to expose.
         web_tables_enabled=False,
         logging_config=logs.faust_logging_config(settings),

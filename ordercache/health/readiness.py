@@ -1,6 +1,6 @@
 """Liveness and readiness: ``GET /health/live`` and ``GET /health/ready``.
 
-Readiness checks three components concurrently, each inside its own time budget:
+Readiness checks these components concurrently, each inside its own time budget:
 
 * **redis** — PING plus a SET/GET/DEL round trip on this node's health key (with
   a TTL). Redis down is *degraded*, not down: reads are served from the database
@@ -14,6 +14,9 @@ Readiness checks three components concurrently, each inside its own time budget:
   partition assignment alone is not evidence: a consumer keeps its last
   assignment for a while after the broker went away, hence the metadata request.
   Down means not ready (503): this worker would not keep the cache true.
+* **replica_identity** — PostgreSQL only: every captured table has the replica
+  identity CDC needs (docs/events.md#replica-identity); down names the tables and
+  makes the worker *degraded* (some deletes cannot name every entry they affect).
 
 The body names every component with its status, latency and a short reason (an
 exception class name or ``timeout``: never a URL, never a password). The gauge
@@ -35,10 +38,12 @@ import faust
 from aiokafka.client import AIOKafkaClient
 from prometheus_client import Gauge
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordercache.agents.pipeline import ChangePipeline
 from ordercache.cache.breaker import CircuitBreaker
+from ordercache.db.replica_identity import replica_identity_problems
 from ordercache.health.redis_info import describe_error, probe_redis
 from ordercache.redisconn.client import RedisHandle
 
@@ -185,6 +190,24 @@ class HealthChecker:
             {"breaker": breaker},
         )
 
+    async def check_replica_identity(self) -> Component:
+        """PostgreSQL only: the captured tables' replica identities. Not critical: a
+        table short of its identity leaves some deletes unable to name every entry
+        (counted in ordercache_events_unresolved_total), the worker still keeps the
+        rest of the cache true."""
+        try:
+            async with asyncio.timeout(self.config.database_timeout):
+                problems = await replica_identity_problems(self.engine)
+        except (SQLAlchemyError, OSError, TimeoutError):
+            # The database component reports the outage; this one is simply unknown.
+            return Component("replica_identity", "skipped", details={"reason": "no database"})
+        if problems:
+            return Component(
+                "replica_identity", "down", error="; ".join(problems)[:500],
+                details={"tables": sorted({p.split(":")[0] for p in problems})},
+            )  # fmt: skip
+        return Component("replica_identity", "ok")
+
     async def check_database(self) -> Component:
         async with asyncio.timeout(self.config.database_timeout):
             async with self.engine.connect() as conn:
@@ -233,6 +256,8 @@ class HealthChecker:
             "redis": self.check_redis,
             "database": self.check_database,
         }
+        if self.engine.dialect.name == "postgresql":
+            checks["replica_identity"] = self.check_replica_identity
         pipeline = self.pipeline
         if pipeline is not None:
             checks["broker"] = lambda: self.check_broker(pipeline)

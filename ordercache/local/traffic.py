@@ -3,8 +3,9 @@
 When the worker runs on the embedded local default (no broker, Redis or database
 configured), this service creates the SQLite schema, seeds a small dataset on the
 first start, and then drives order lifecycles at ``ORDERCACHE_SIMULATE_RATE`` events
-per second through the bundled broker, so the pipeline, the streams and the read
-API have something to show. Production never runs it.
+per second. Each transaction writes its events into the transactional outbox, and the
+worker's OutboxRelay sends them through the bundled broker, so the pipeline, the
+streams and the read API have something to show. Production never runs it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class LocalTraffic(mode.Service):
         await producer.start()
         log.info("local default: sample traffic at %.0f events/s", rate)
         while True:
-            sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf)
+            # Events go through the transactional outbox; the worker's OutboxRelay sends them.
+            sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf, outbox=True)
             try:
                 await sim.run(duration=None)
             except OperationalError as exc:

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 #: Largest id a key accepts (see ordercache.cache.keys.validate_id).
 MAX_ID = 2**63 - 1
@@ -31,6 +32,11 @@ _MICROS_FROM = 10**14
 _NANOS_FROM = 10**17
 
 
+def _timestamp_error(message: str) -> PydanticCustomError:
+    # A fixed message with its own error type: decode reports it as the rule broken.
+    return PydanticCustomError("timestamp_parsing", message)
+
+
 def parse_timestamp(raw: object) -> datetime:
     """An aware UTC-or-offset datetime from an ISO-8601 string or an epoch integer.
 
@@ -40,7 +46,11 @@ def parse_timestamp(raw: object) -> datetime:
     if isinstance(raw, datetime):
         value = raw
     elif isinstance(raw, str):
-        value = datetime.fromisoformat(raw)
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            # (fromisoformat's message quotes the string: never echo input)
+            raise _timestamp_error("expected an ISO-8601 string") from None
     elif isinstance(raw, int) and not isinstance(raw, bool):
         if abs(raw) >= _NANOS_FROM:
             micros = raw // 1000
@@ -51,13 +61,11 @@ def parse_timestamp(raw: object) -> datetime:
         try:
             value = _EPOCH + timedelta(microseconds=micros)
         except OverflowError:
-            raise ValueError("epoch timestamp out of range") from None
+            raise _timestamp_error("epoch timestamp out of range") from None
     else:
-        # ValueError, not TypeError: pydantic turns only ValueError into a
-        # validation error (a TypeError would escape the decoder).
-        raise ValueError(  # noqa: TRY004
-            "expected an ISO-8601 string or epoch milli/micro/nanoseconds"
-        )
+        # A ValueError (PydanticCustomError is one), not TypeError: pydantic turns
+        # only ValueError into a validation error (a TypeError would escape the decoder).
+        raise _timestamp_error("expected an ISO-8601 string or epoch milli/micro/nanoseconds")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value
@@ -77,6 +85,8 @@ class Entity(StrEnum):
     INVENTORY = "inventory"
     TRACKING_EVENT = "tracking_events"
     SHIPMENT = "shipments"
+    #: Captured for ``orders_version``: the version of the customer's history view.
+    CUSTOMER = "customers"
 
 
 class Op(StrEnum):
@@ -150,7 +160,15 @@ class TrackingEventRow(_Row):
     version: Version
 
 
-Row = OrderRow | OrderItemRow | InventoryRow | ShipmentRow | TrackingEventRow
+class CustomerRow(_Row):
+    """The columns of ``customers`` the cache needs (the connector leaves out the rest)."""
+
+    id: Id
+    version: Version
+    orders_version: Version
+
+
+Row = OrderRow | OrderItemRow | InventoryRow | ShipmentRow | TrackingEventRow | CustomerRow
 
 #: The row model of each table.
 ROW_MODELS: dict[Entity, type[Row]] = {
@@ -159,6 +177,19 @@ ROW_MODELS: dict[Entity, type[Row]] = {
     Entity.INVENTORY: InventoryRow,
     Entity.SHIPMENT: ShipmentRow,
     Entity.TRACKING_EVENT: TrackingEventRow,
+    Entity.CUSTOMER: CustomerRow,
+}
+
+#: The columns of each table that reference another row's id and are NOT NULL. A
+#: delete's before image that lacks a real value in one of them (or a real version)
+#: is an identity image, not a row (see :func:`ordercache.agents.decode.decode`).
+REQUIRED_REFS: dict[Entity, tuple[str, ...]] = {
+    Entity.ORDER: ("customer_id",),
+    Entity.ORDER_ITEM: ("order_id", "product_id"),
+    Entity.INVENTORY: (),
+    Entity.SHIPMENT: ("order_id",),
+    Entity.TRACKING_EVENT: ("order_id",),
+    Entity.CUSTOMER: (),
 }
 
 #: The primary-key column of each table.
@@ -168,6 +199,7 @@ PRIMARY_KEY: dict[Entity, str] = {
     Entity.INVENTORY: "product_id",
     Entity.SHIPMENT: "id",
     Entity.TRACKING_EVENT: "id",
+    Entity.CUSTOMER: "id",
 }
 
 
@@ -184,9 +216,12 @@ class ChangeEvent(NamedTuple):
     """One decoded row change.
 
     ``entity_id`` is the changed row's primary key; it is set even when the before
-    image is partial (a delete under ``REPLICA IDENTITY DEFAULT`` carries only the
-    key columns; such a ``before`` is ``None``). A truncate has neither image and
-    no ``entity_id``.
+    image is only an identity image (a delete under ``REPLICA IDENTITY DEFAULT`` or
+    ``USING INDEX`` carries real values only for the replica-identity columns;
+    Debezium fills the others with type defaults: ``0``, ``""``, the epoch). Such a
+    ``before`` is ``None`` and ``identity`` holds the ids it does carry (the primary
+    key, and e.g. ``order_id`` under an index identity that includes it). A truncate
+    has neither image and no ``entity_id``.
     """
 
     topic: str
@@ -200,6 +235,15 @@ class ChangeEvent(NamedTuple):
     event_id: str | None = None
     key: bytes | None = None
     form: Literal["envelope", "outbox"] = "envelope"
+    #: Ids of an identity-only before image (column -> id); ``None`` otherwise.
+    identity: Mapping[str, int] | None = None
+
+
+class Heartbeat(NamedTuple):
+    """A Debezium heartbeat (``{"ts_ms": ...}``): proof of life, no change. Not an error."""
+
+    topic: str
+    ts_ms: int
 
 
 class Tombstone(NamedTuple):

@@ -12,8 +12,10 @@ same transaction (see :mod:`ordercache.sample.writes`):
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     ForeignKey,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # BIGINT ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
@@ -100,6 +103,8 @@ class Order(Base):
 
 class OrderItem(Base):
     __tablename__ = "order_items"
+    #: The replica identity on PostgreSQL (migration 0002): a delete names its order.
+    __table_args__ = (Index("ux_order_items_order_id_id", "order_id", "id", unique=True),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     order_id: Mapped[int] = mapped_column(
@@ -115,6 +120,7 @@ class OrderItem(Base):
 
 class Shipment(Base):
     __tablename__ = "shipments"
+    __table_args__ = (Index("ux_shipments_order_id_id", "order_id", "id", unique=True),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     order_id: Mapped[int] = mapped_column(
@@ -133,6 +139,7 @@ class TrackingEvent(Base):
     __table_args__ = (
         UniqueConstraint("event_id"),
         Index("ix_tracking_events_order_time", "order_id", "occurred_at", "id"),
+        Index("ux_tracking_events_order_id_id", "order_id", "id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
@@ -146,3 +153,23 @@ class TrackingEvent(Base):
     carrier: Mapped[str | None] = mapped_column(String(64), nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+class Outbox(Base):
+    """The transactional outbox, in the shape of Debezium's outbox event router.
+
+    A writer inserts one row per changed aggregate in the same transaction as the
+    change (:mod:`ordercache.sample.writes`). Debezium relays inserts (``id`` becomes the
+    message header ``id``, ``aggregateid`` the key, ``payload`` the value); without
+    Connect, the worker's relay publishes rows in ``seq`` order and deletes them.
+    """
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    aggregatetype: Mapped[str] = mapped_column(String(64))
+    aggregateid: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[Any] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -57,7 +57,7 @@ def partition_key(entity: Entity, image: Mapping[str, Any]) -> bytes:
     """
     if entity is Entity.INVENTORY:
         return str(image["product_id"]).encode()
-    if entity is Entity.ORDER:
+    if entity in (Entity.ORDER, Entity.CUSTOMER):
         return str(image["id"]).encode()
     return str(image["order_id"]).encode()
 

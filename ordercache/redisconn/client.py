@@ -74,8 +74,24 @@ def _tls_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+def _no_client_setinfo() -> dict[str, Any]:
+    """Connection kwargs that stop redis-py from sending ``CLIENT SETINFO`` on connect.
+
+    The least-privilege ACL (deploy/redis/users.acl) does not grant it: the command
+    exists only from Redis 7.2 (an ACL naming it does not load on older servers), and
+    a refused SETINFO, though redis-py ignores the error, fills ``ACL LOG`` on every
+    connect. ``CLIENT SETNAME`` (the app id) still names the connections.
+    """
+    try:
+        import redis.driver_info  # noqa: F401 - redis-py 7.1+: driver_info replaces lib_name
+    except ImportError:  # pragma: no cover - older redis-py
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
 def _common_kwargs(settings: Settings) -> dict[str, Any]:
     kw: dict[str, Any] = {
+        **_no_client_setinfo(),
         "socket_connect_timeout": settings.redis_connect_timeout,
         "socket_timeout": max(settings.redis_read_timeout, settings.redis_write_timeout),
         "retry": _retry(settings),

@@ -91,10 +91,15 @@ class Simulator:
         seed: int | None = None,
         customers: int = 50,
         products: int = 50,
+        outbox: bool = False,
     ) -> None:
+        """``outbox``: write each transaction's events into the outbox table in the same
+        transaction (for a relay or Debezium to send) instead of sending them after
+        the commit."""
         if not rate > 0:
             raise ValueError("rate must be > 0 events per second (math.inf for no limit)")
         self.sessions = session_factory(db) if isinstance(db, AsyncEngine) else db
+        self.outbox = outbox
         self.producer = producer
         self.rate = rate
         self.rng = random.Random(seed)
@@ -116,6 +121,7 @@ class Simulator:
         """Make sure customers and stocked products exist; pick up open orders."""
         async with self.sessions() as session, session.begin():
             changes = await self._ensure_catalog(session)
+            await self._record(session, changes)
         await self._emit(changes)
         async with self.sessions() as session:
             self._catalog.customers = list(
@@ -288,6 +294,7 @@ class Simulator:
                 changes, shipment_id = await writes.ship_order(
                     session, order_id, carrier, tracking_no, _now()
                 )
+                await self._record(session, changes)
             state.status, state.shipment_id, state.carrier = "shipped", shipment_id, carrier
             state.scans_left = rng.randint(1, 3)
             return await self._emit(changes)
@@ -340,7 +347,13 @@ class Simulator:
     # ------------------------------------------------------------------ plumbing
     async def _write(self, fn: Write) -> list[RowChange]:
         async with self.sessions() as session, session.begin():
-            return await fn(session)
+            changes = await fn(session)
+            await self._record(session, changes)
+            return changes
+
+    async def _record(self, session: AsyncSession, changes: list[RowChange]) -> None:
+        if self.outbox:
+            await writes.record_outbox(session, changes, _now())
 
     async def _tx(self, fn: Write) -> int:
         return await self._emit(await self._write(fn))
@@ -349,7 +362,8 @@ class Simulator:
         """Send a committed transaction's changes (delivery awaited in bulk)."""
         if not changes:
             return 0
-        self._pending += await self.producer.emit_transaction(changes, wait=False)
+        if not self.outbox:  # (with the outbox, the commit was the send)
+            self._pending += await self.producer.emit_transaction(changes, wait=False)
         self.stats.transactions += 1
         self.stats.events += len(changes)
         if len(self._pending) >= _FLUSH_EVERY:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ordercache.models.events import Entity, Op, RowChange
@@ -31,6 +31,7 @@ from ordercache.models.orm import (
     Inventory,
     Order,
     OrderItem,
+    Outbox,
     Product,
     Shipment,
     TrackingEvent,
@@ -38,6 +39,7 @@ from ordercache.models.orm import (
 
 CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
 INVENTORY: Table = Inventory.__table__  # type: ignore[assignment]
+OUTBOX: Table = Outbox.__table__  # type: ignore[assignment]
 ORDERS: Table = Order.__table__  # type: ignore[assignment]
 ORDER_ITEMS: Table = OrderItem.__table__  # type: ignore[assignment]
 PRODUCTS: Table = Product.__table__  # type: ignore[assignment]
@@ -318,3 +320,130 @@ async def add_tracking_event(
     )
     order = await touch_order(session, order_id, occurred_at, status=order_status)
     return [_created(Entity.TRACKING_EVENT, row), order]
+
+
+# --------------------------------------------------------------------------- deletes
+def _deleted(entity: Entity, image: Mapping[Any, Any]) -> RowChange:
+    return RowChange(entity, Op.DELETE, before=dict(image))
+
+
+async def set_item_quantity(
+    session: AsyncSession, item_id: int, quantity: int, now: datetime
+) -> list[RowChange]:
+    """Correct an order line's quantity (stock is not touched: a back-office fix)."""
+    item = (
+        (
+            await session.execute(
+                update(ORDER_ITEMS)
+                .where(ORDER_ITEMS.c.id == item_id)
+                .values(quantity=quantity, version=ORDER_ITEMS.c.version + 1)
+                .returning(*ORDER_ITEMS.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    return [_updated(Entity.ORDER_ITEM, item), await touch_order(session, item["order_id"], now)]
+
+
+async def remove_item(session: AsyncSession, item_id: int, now: datetime) -> list[RowChange]:
+    """Delete one order line; the order's details change with it."""
+    stmt = delete(ORDER_ITEMS).where(ORDER_ITEMS.c.id == item_id).returning(*ORDER_ITEMS.c)
+    item = (await session.execute(stmt)).mappings().one()
+    return [_deleted(Entity.ORDER_ITEM, item), await touch_order(session, item["order_id"], now)]
+
+
+async def delete_shipment(
+    session: AsyncSession, shipment_id: int, now: datetime
+) -> list[RowChange]:
+    """Delete a shipment (its tracking events keep their rows, ``shipment_id`` set null)."""
+    stmt = delete(SHIPMENTS).where(SHIPMENTS.c.id == shipment_id).returning(*SHIPMENTS.c)
+    row = (await session.execute(stmt)).mappings().one()
+    return [_deleted(Entity.SHIPMENT, row), await touch_order(session, row["order_id"], now)]
+
+
+async def delete_tracking_event(
+    session: AsyncSession, tracking_id: int, now: datetime
+) -> list[RowChange]:
+    """Delete a tracking scan (e.g. recorded against the wrong order)."""
+    stmt = (
+        delete(TRACKING_EVENTS)
+        .where(TRACKING_EVENTS.c.id == tracking_id)
+        .returning(*TRACKING_EVENTS.c)
+    )
+    row = (await session.execute(stmt)).mappings().one()
+    return [
+        _deleted(Entity.TRACKING_EVENT, row),
+        await touch_order(session, row["order_id"], now),
+    ]
+
+
+async def delete_order(session: AsyncSession, order_id: int) -> list[RowChange]:
+    """Delete an order; the database cascades to its items, shipments and tracking events.
+
+    Only the order's own row image is returned: the cascaded rows are not known to
+    the writer (CDC sees them; the order's delete covers every view they were in).
+    """
+    stmt = delete(ORDERS).where(ORDERS.c.id == order_id).returning(*ORDERS.c)
+    order = (await session.execute(stmt)).mappings().one()
+    await session.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == order["customer_id"])
+        .values(orders_version=CUSTOMERS.c.orders_version + 1, version=CUSTOMERS.c.version + 1)
+    )
+    return [_deleted(Entity.ORDER, order)]
+
+
+# --------------------------------------------------------------------------- outbox
+#: Outbox aggregate type and id column per entity (the tables whose views an outbox
+#: event refreshes; item and shipment changes always come with their order's change).
+OUTBOX_AGGREGATES: dict[Entity, tuple[str, str, str]] = {
+    Entity.ORDER: ("order", "Order", "id"),
+    Entity.INVENTORY: ("inventory", "Inventory", "product_id"),
+    Entity.TRACKING_EVENT: ("tracking_event", "TrackingEvent", "order_id"),
+}
+_OUTBOX_VERB = {Op.CREATE: "Created", Op.UPDATE: "Updated", Op.DELETE: "Deleted"}
+
+
+def _json_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in image.items()}
+
+
+def outbox_rows(changes: Sequence[RowChange], now: datetime) -> list[dict[str, Any]]:
+    """The outbox rows (Debezium outbox event router shape) for a transaction's changes.
+
+    One row per changed aggregate image: ``aggregatetype`` ``order`` / ``inventory`` /
+    ``tracking_event``, ``aggregateid`` the id the message is keyed by (a tracking
+    event is keyed by its order), ``type`` e.g. ``OrderDeleted``, ``payload`` the row
+    image (the last one for a delete).
+    """
+    rows: list[dict[str, Any]] = []
+    for change in changes:
+        spec = OUTBOX_AGGREGATES.get(change.entity)
+        image = change.after if change.after is not None else change.before
+        if spec is None or image is None or change.op not in _OUTBOX_VERB:
+            continue
+        aggregate, name, key = spec
+        rows.append(
+            {
+                "id": str(uuid.uuid4()),
+                "aggregatetype": aggregate,
+                "aggregateid": int(image[key]),
+                "type": f"{name}{_OUTBOX_VERB[change.op]}",
+                "payload": _json_image(image),
+                "created_at": now,
+            }
+        )
+    return rows
+
+
+async def record_outbox(session: AsyncSession, changes: Sequence[RowChange], now: datetime) -> int:
+    """Insert the outbox rows of ``changes`` in the caller's transaction; returns how many.
+
+    Committed with the change or not at all: a process that dies after the commit has
+    still left its events in the outbox, for Debezium or the worker's relay to send.
+    """
+    rows = outbox_rows(changes, now)
+    if rows:
+        await session.execute(insert(OUTBOX), rows)
+    return len(rows)

@@ -6,10 +6,12 @@ per-order stream), ``group`` a consumer-group name, ``result`` added|duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import ResponseError
 
 from ordercache.redisconn.client import AnyRedis
 
@@ -65,6 +67,13 @@ class StreamMetrics:
             registry=registry,
         )
 
+    def forget_group(self, stream: str, group: str) -> None:
+        """Drop one group's gauges: a destroyed group (or stream) must not keep
+        reporting its last pending count, or alerts on it would never resolve."""
+        for gauge in (self.group_lag, self.pending, self.oldest_pending_idle):
+            with contextlib.suppress(KeyError):
+                gauge.remove(stream, group)
+
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> StreamMetrics:
         """The registry's instance, created on first use (metrics register only once)."""
@@ -80,8 +89,9 @@ async def refresh_group_gauges(
 ) -> None:
     """Set length, lag, pending and oldest-idle gauges of one group (one round trip).
 
-    A missing stream or group leaves the gauges as they were (the consumer loop
-    re-creates the group and the next refresh catches up).
+    A missing stream or group removes the group's gauges (a consumer loop that
+    re-creates the group brings them back with its next refresh); the length of a
+    missing stream is 0.
     """
     pipe = redis.pipeline(transaction=False)
     pipe.xlen(stream)
@@ -92,13 +102,30 @@ async def refresh_group_gauges(
     labels = (label, group)
     if isinstance(length, int):
         metrics.length.labels(label).set(length)
-    if isinstance(groups, list):
-        for info in groups:
-            if info.get("name") in (group, group.encode()):
-                metrics.pending.labels(*labels).set(int(info.get("pending") or 0))
-                lag = info.get("lag")
-                if lag is not None:  # Redis cannot always tell (e.g. after deletions)
-                    metrics.group_lag.labels(*labels).set(int(lag))
+    info = _group_info(groups, group)
+    if info is None:
+        # ResponseError "no such key" (stream gone) or a group no longer listed
+        if isinstance(groups, list) or _is_missing(groups):
+            metrics.forget_group(label, group)
+        return
+    metrics.pending.labels(*labels).set(int(info.get("pending") or 0))
+    lag = info.get("lag")
+    if lag is not None:  # Redis cannot always tell (e.g. after deletions)
+        metrics.group_lag.labels(*labels).set(int(lag))
     if isinstance(pending_rows, list):
         idle_ms = max((int(r["time_since_delivered"]) for r in pending_rows), default=0)
         metrics.oldest_pending_idle.labels(*labels).set(idle_ms / 1000.0)
+
+
+def _group_info(groups: object, group: str) -> dict[str, Any] | None:
+    if not isinstance(groups, list):
+        return None
+    for info in groups:
+        if info.get("name") in (group, group.encode()):
+            return dict(info)
+    return None
+
+
+def _is_missing(reply: object) -> bool:
+    """XINFO GROUPS of a key that does not exist answers an error, not an empty list."""
+    return isinstance(reply, ResponseError) and "no such key" in str(reply).lower()
