@@ -28,6 +28,7 @@ from ordercache.config.settings import Settings, load_settings
 from ordercache.db.engine import create_schema
 from ordercache.local.services import ManagedProcess, start_redis_server, start_tansu
 from tests.pgtools import scratch_pg_database
+from tests.topologies import NAMES, Topology, session_topology
 
 REDIS_URL = os.environ.get("ORDERCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get(
@@ -118,6 +119,27 @@ def private_redis() -> Iterator[ManagedProcess]:
     proc = start_redis_server()
     yield proc
     proc.cleanup()
+
+
+# --------------------------------------------------------------------------- topologies
+@pytest.fixture(scope="session")
+def sentinel_topology() -> Iterator[Topology]:
+    """A private master + replica + Sentinel, started once per session when asked for."""
+    yield from session_topology("sentinel", REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def cluster_topology() -> Iterator[Topology]:
+    """A private 3-primary, 3-replica cluster, started once per session when asked for."""
+    yield from session_topology("cluster", REDIS_URL)
+
+
+@pytest.fixture(scope="session", params=NAMES)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """Each Redis topology in turn (tests/topologies.py): standalone, Sentinel, Cluster."""
+    if request.param == "standalone":
+        return next(session_topology("standalone", REDIS_URL))
+    return request.getfixturevalue(f"{request.param}_topology")  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- Kafka

@@ -79,7 +79,7 @@ def start_sentinel(master: ManagedProcess, name: str = "mymaster") -> ManagedPro
 # --------------------------------------------------------------------------- Cluster
 @dataclass
 class LocalCluster:
-    """Three (or more) private cluster-enabled redis-servers, all masters."""
+    """Private cluster-enabled redis-servers: primaries, and replicas when asked for."""
 
     nodes: list[ManagedProcess]
 
@@ -88,43 +88,128 @@ class LocalCluster:
         """``host:port,host:port`` for ``ORDERCACHE_REDIS_CLUSTER_NODES``."""
         return ",".join(n.url for n in self.nodes)
 
-    def cleanup(self) -> None:
-        for node in reversed(self.nodes):
-            node.cleanup()
+    def alive(self) -> list[ManagedProcess]:
+        return [n for n in self.nodes if n.alive()]
 
+    def primary_of(self, key: str) -> ManagedProcess:
+        """The node that serves ``key``'s slot now (asked of a live node)."""
+        for node in self.alive():
+            client = redis.Redis(port=node.port, socket_timeout=2)
+            try:
+                return self.primary_of_slot(int(client.execute_command("CLUSTER", "KEYSLOT", key)))
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise AssertionError(f"no live node knows the owner of {key!r}")
 
-def start_cluster(size: int = 3) -> LocalCluster:
-    """Start ``size`` cluster-enabled servers, create the cluster and wait for state ok."""
-    cluster = LocalCluster([])
-    try:
-        for _ in range(size):
-            # The bus port defaults to port + 10000, which may be taken or above 65535.
-            bus = str(free_port())
-            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000", "--cluster-port", bus]  # fmt: skip
-            cluster.nodes.append(start_redis_server(extra_args=args))
-        cli = shutil.which("redis-cli")
-        assert cli is not None, "redis-cli is not installed"
-        subprocess.run(
-            [cli, "--cluster", "create", *(n.url for n in cluster.nodes), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        for node in cluster.nodes:
+    def primary_of_slot(self, slot: int) -> ManagedProcess:
+        """The node that serves ``slot`` now, as the first live node that answers sees it."""
+        for node in self.alive():
+            client = redis.Redis(port=node.port, socket_timeout=2)
+            try:
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        port = int(primary[1])
+                        return next(n for n in self.nodes if n.port == port)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise AssertionError(f"no live node knows the owner of slot {slot}")
+
+    def role(self, node: ManagedProcess) -> str:
+        client = redis.Redis(port=node.port, socket_timeout=2)
+        try:
+            return _role(client)
+        finally:
+            client.close()
+
+    def wait_failover(self, dead: ManagedProcess, timeout: float = 30.0) -> None:
+        """A replica took over ``dead``'s slots: no live node maps a slot to it any more,
+        and every live node reports ``cluster_state:ok``."""
+
+        def promoted() -> bool:
+            for node in self.alive():
+                client = redis.Redis(port=node.port, socket_timeout=1)
+                try:
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+                finally:
+                    client.close()
+                if any(int(primary[1]) == dead.port for _, _, primary, *_ in ranges):
+                    return False
+            return True
+
+        wait_until(promoted, f"failover away from {dead.url}", timeout=timeout)
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Every live node reports ``cluster_state:ok``."""
+        for node in self.alive():
             client = redis.Redis(port=node.port, socket_timeout=1)
             try:
                 wait_until(
                     lambda c=client: c.execute_command("CLUSTER INFO")["cluster_state"] == "ok",
                     f"cluster_state:ok on {node.url}",
-                    timeout=30,
+                    timeout=timeout,
                 )
             finally:
                 client.close()
+
+    def cleanup(self) -> None:
+        for node in reversed(self.nodes):
+            node.cleanup()
+
+
+def _role(client: redis.Redis) -> str:
+    role = client.execute_command("ROLE")[0]
+    return role.decode() if isinstance(role, bytes) else str(role)
+
+
+def start_cluster(size: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000) -> LocalCluster:
+    """Start ``size`` cluster-enabled servers, create the cluster (``replicas`` per
+    primary) and wait for state ok and, with replicas, for every replica in sync."""
+    cluster = LocalCluster([])
+    try:
+        for _ in range(size):
+            # The bus port defaults to port + 10000, which may be taken or above 65535.
+            bus = str(free_port())
+            # validity factor 0: a replica may always take over (the tests kill primaries)
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", bus,
+                    "--cluster-replica-validity-factor", "0"]  # fmt: skip
+            cluster.nodes.append(start_redis_server(extra_args=args))
+        cli = shutil.which("redis-cli")
+        assert cli is not None, "redis-cli is not installed"
+        create = [cli, "--cluster", "create", *(n.url for n in cluster.nodes)]
+        subprocess.run(
+            [*create, "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cluster.wait_ok()
+        if replicas:
+            _wait_replicas_in_sync(cluster)
     except BaseException:
         cluster.cleanup()
         raise
     return cluster
+
+
+def _wait_replicas_in_sync(cluster: LocalCluster) -> None:
+    for node in cluster.nodes:
+        client = redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
+        try:
+            if _role(client) != "slave":
+                continue
+            wait_until(
+                lambda c=client: c.info("replication").get("master_link_status") == "up",
+                f"replica {node.url} in sync",
+                timeout=30,
+            )
+        finally:
+            client.close()
 
 
 # --------------------------------------------------------------------------- TLS

@@ -147,7 +147,8 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- contract
 def test_contract_table_parses(contract: Contract) -> None:
-    assert len(contract.metrics) == 35
+    assert len(contract.metrics) == 36
+    assert contract.metrics["ordercache_local_truncations_total"].kind == "counter"
     assert contract.metrics["ordercache_cache_requests_total"].labels == {"view", "result"}
     assert contract.metrics["ordercache_cache_operation_duration_seconds"].kind == "histogram"
     assert contract.metrics["ordercache_health_status"].labels == set()

@@ -142,6 +142,35 @@ async def test_two_relays_share_the_outbox_without_sending_a_row_twice(env: Any)
     assert sum(r.sent for r in relays) == expected
 
 
+async def test_a_paused_relay_sends_nothing_until_resumed(env: Any) -> None:
+    """The local default's topic truncation holds the relay still (``pause``)."""
+    ctx, _pipeline, broker = env
+    customer, products = await seed_catalog(ctx)
+    relay = relay_for(ctx, broker)
+    await relay.start()
+    try:
+        assert await relay.pause() is True
+        async with ctx.sessions() as s, s.begin():
+            changes = await writes.create_order(s, customer, [(products[0], 1)], NOW)
+            await writes.record_outbox(s, changes, NOW)
+        order_id = next(c.after["id"] for c in changes if c.entity.value == "orders" and c.after)
+        written = await pending(ctx, order_id)
+        assert written >= 1
+        # several poll intervals pass: the rows stay where they are
+        await asyncio.sleep(0.5)
+        assert await pending(ctx, order_id) == written
+        assert relay.sent == 0
+        await relay.resume()
+
+        async def relayed() -> bool:
+            return await pending(ctx, order_id) == 0
+
+        await eventually(relayed)
+        assert relay.sent >= 1
+    finally:
+        await relay.stop()
+
+
 async def newer_than(ctx: AppContext, seq: int) -> int:
     async with ctx.sessions() as s:
         query = select(func.count()).select_from(Outbox).where(Outbox.seq > seq)

@@ -23,6 +23,7 @@ the payload as a JSON string, headers ``id`` (the event id), ``aggregatetype`` a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -85,6 +86,10 @@ class OutboxRelay(mode.Service):
         self.idle_poll = idle_poll
         self.sent = 0
         self._producer: AIOKafkaProducer | None = None
+        # pause() holds the relay still (the local default's topic truncation)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._batch_lock = asyncio.Lock()
 
     async def on_start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -97,10 +102,21 @@ class OutboxRelay(mode.Service):
         if self._producer is not None:
             await self._producer.stop()
 
+    async def pause(self) -> bool:
+        """No batch is sent after this returns, and the one in flight is delivered."""
+        self._open.clear()
+        async with self._batch_lock:
+            return True
+
+    async def resume(self) -> None:
+        self._open.set()
+
     async def _run(self) -> None:
         while not self.should_stop:
+            await self._open.wait()
             try:
-                n = await self.relay_once()
+                async with self._batch_lock:
+                    n = await self.relay_once() if self._open.is_set() else 0
             except (KafkaError, SQLAlchemyError, OSError) as exc:
                 log.warning("outbox relay: batch not sent, retrying: %s", exc)
                 n = 0

@@ -30,7 +30,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,6 +345,50 @@ class ChangePipeline(mode.Service):
                 per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, hw - recs[-1].offset - 1)
         for topic, lag in per_topic.items():
             self.metrics.consumer_lag.labels(topic).set(lag)
+
+    # ------------------------------------------------ emptied topics (local default)
+    async def progress(
+        self, topics: Collection[str], since_ms: float = 0
+    ) -> dict[TopicPartition, tuple[int, int]] | None:
+        """(high watermark, committed offset) of each assigned partition of ``topics``,
+        the high watermark from a fetch answered after ``since_ms`` (epoch ms); None
+        while some partition has had no such answer."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            hw = consumer.highwater(tp)
+            at = consumer.last_poll_timestamp(tp)
+            if hw is None or at is None or at < since_ms:
+                return None
+            out[tp] = (hw, (await consumer.committed(tp)) or 0)
+        return out
+
+    def pause_topics(self, topics: Collection[str]) -> list[TopicPartition]:
+        """Stop fetching the assigned partitions of ``topics``; returns them."""
+        assert self._consumer is not None
+        tps = [tp for tp in self._consumer.assignment() if tp.topic in topics]
+        self._consumer.pause(*tps)
+        return tps
+
+    async def resume_from_start(self, tps: Sequence[TopicPartition]) -> None:
+        """``tps`` were emptied and recreated (offsets start at 0 again): read them
+        from offset 0 and commit that, then fetch again."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        for tp in tps:
+            consumer.seek(tp, 0)
+        try:
+            if tps:
+                await consumer.commit({tp: 0 for tp in tps})
+        except (CommitFailedError, KafkaError) as exc:
+            # the broker dropped the old commits with the topics: a restart reads from 0
+            log.info("commit of offset 0 skipped (%s)", exc)
+        finally:
+            consumer.resume(*tps)
 
     # --------------------------------------------------------- failover replay
     def _remember(self, ops: Sequence[CacheOp]) -> None:

@@ -39,6 +39,8 @@ class AppContext:
     #: worker's record: placeholders stand in (the app needs a broker address to be
     #: built), and a command that needs one of them refuses to start.
     unconfigured: frozenset[str] = frozenset()
+    #: True when this process started the broker itself (the bundled Tansu).
+    local_broker: bool = False
 
     @classmethod
     def build(
@@ -48,6 +50,7 @@ class AppContext:
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
         unconfigured: frozenset[str] = frozenset(),
+        local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -78,6 +81,7 @@ class AppContext:
             cache=cache,
             local_default=local_default,
             unconfigured=unconfigured,
+            local_broker=local_broker,
         )
 
     async def aclose(self) -> None:

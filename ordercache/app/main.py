@@ -198,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings,
             local_default=bool(procs),
             unconfigured=unconfigured,
+            # the bundled broker is ours to keep small (local/truncate.py); a configured one is not
+            local_broker=any(p.name == "tansu" for p in procs),
         )
         app = create_app(ctx)
         if record is not None:

@@ -2,8 +2,9 @@
 
 :func:`wire` builds the change pipeline (with the tracking mirror as its batch hook),
 the stream gauges, the dead-letter counting table, the web views with their health
-checker, stats reporter and monitor, and — on the local default — the outbox relay
-and the sample traffic, and returns them as one typed :class:`Worker`. Tests and benchmarks build
+checker, stats reporter and monitor, and — on the local default — the sample
+traffic, the outbox relay and the truncation of the bundled broker's consumed
+topics, and returns them as one typed :class:`Worker`. Tests and benchmarks build
 single parts with the same functions (:func:`build_pipeline`, :func:`health_checker`).
 """
 
@@ -29,6 +30,7 @@ from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
+from ordercache.local.truncate import local_truncation
 from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
@@ -143,15 +145,20 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
 
     if ctx.local_default:
         # Last, so the pipeline has created the topics the sample traffic goes to.
-        app.add_dependency(LocalTraffic(ctx.settings, ctx.engine, ctx.sessions))
+        traffic = LocalTraffic(ctx.settings, ctx.engine, ctx.sessions)
+        app.add_dependency(traffic)
         # No Kafka Connect here: the worker relays the transactional outbox itself
         # (after LocalTraffic, which creates the schema).
         s = ctx.settings
-        app.add_dependency(
-            OutboxRelay(
-                ctx.sessions,
-                s.kafka_bootstrap,
-                topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
-            )
+        relay = OutboxRelay(
+            ctx.sessions,
+            s.kafka_bootstrap,
+            topic_map(s.topic_orders, s.topic_inventory, s.topic_tracking),
         )
+        app.add_dependency(relay)
+        if ctx.local_broker:
+            # the relay is what sends the sample traffic: it is held still too
+            truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic, relay])
+            if truncation is not None:
+                app.add_dependency(truncation)
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)

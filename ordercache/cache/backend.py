@@ -1,28 +1,41 @@
 """The Redis boundary of the cache: commands, Lua scripts, and error translation.
 
-Everything that talks to Redis for the cache lives here; redis-py exceptions are
-turned into :class:`CacheError` / :class:`CacheTimeoutError` with ``raise … from``
-and never leak to callers. Scripts are loaded once and called by SHA; a pipeline that
-meets ``NOSCRIPT`` (a restarted or failed-over server) reloads them and is replayed —
-every script is idempotent under replay (version guards), so that is safe.
+Everything that talks to Redis for the cache lives here. Any exception the client
+raises — not only ``RedisError``: during a cluster failover redis-py has raised
+``AttributeError`` from a connection another task closed underneath — is turned into
+:class:`CacheError` / :class:`CacheTimeoutError` with ``raise … from`` and never
+leaks to callers (``asyncio.CancelledError`` is not an ``Exception`` and passes).
+
+Scripts are loaded once and called by SHA; the calls a server answers ``NOSCRIPT``
+(a restarted or failed-over server) are sent again after loading the scripts on every
+primary — every script is idempotent under replay (version guards), so that is safe,
+and only those calls are replayed, so every call's result stays exact.
+
+Cluster: every script's keys share one hash tag (the entity id), so each call maps
+to one slot. Pipelined calls go in as raw ``EVALSHA`` commands (redis-py's cluster
+pipeline blocks its ``evalsha()`` method, not the command); the cluster pipeline
+then groups them per node, sends one pipeline to each node concurrently, re-sends a
+command answered with MOVED/ASK/TRYAGAIN on its own through the redirect-following
+client, and on a connection error or CLUSTERDOWN re-reads the slot map and sends
+what did not complete again. Replies come back in call order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ordercache.errors import CacheError, CacheTimeoutError
 from ordercache.redisconn.client import AnyRedis
-from ordercache.redisconn.scripts import LuaScript, load_scripts, raise_noscript, run_loading
+from ordercache.redisconn.scripts import LuaScript, load_scripts, run_loading
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +73,28 @@ class RedisCacheBackend:
     async def get(self, key: str) -> bytes | None:
         """GET on the hit path. Bounded by the client's socket timeout (and its retries)
         rather than an extra ``asyncio.timeout``, which costs a timer per call."""
-        try:
+        try:  # not the context manager: this is the hit path, every microsecond shows
             raw = await self.client.get(key)
             return raw  # type: ignore[return-value]
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
+        except Exception as exc:  # the client's failure modes are open-ended
+            raise _client_error(exc) from exc
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        try:
+        with _client_errors():
             async with asyncio.timeout(self.timeout):
                 if isinstance(self.client, RedisCluster):
+                    # one MGET per slot, pipelined per node; replies in key order
                     raws = await self.client.mget_nonatomic(keys)
                 else:
                     raws = await self.client.mget(keys)
                 return list(raws)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
 
     async def delete(self, *keys: str) -> int:
-        try:
+        with _client_errors():
             async with asyncio.timeout(self.timeout):
                 return int(await self.client.delete(*keys))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
 
     async def server_identity(self) -> bytes | None:
         """The server's ``run_id`` (every primary's, in a cluster): it changes on a
@@ -105,14 +115,12 @@ class RedisCacheBackend:
     # ---------------------------------------------------------------- scripts
     async def call(self, call: ScriptCall) -> Any:
         """Run one script (EVALSHA, loading it on NOSCRIPT)."""
-        sha, keys, args = call.script.sha, call.keys, call.args
-        try:
+        argv = call.script.evalsha(call.keys, call.args)
+        with _client_errors():
             async with asyncio.timeout(self.timeout):
                 return await run_loading(
-                    self.client, [call.script], lambda: self.client.evalsha(sha, 3, *keys, *args)
+                    self.client, [call.script], lambda: self.client.execute_command(*argv)
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
 
     async def call_many(
         self, calls: Sequence[ScriptCall], *, timeout: float | None = None
@@ -120,33 +128,53 @@ class RedisCacheBackend:
         """Run script calls in one pipeline, in order; raise CacheError if any failed."""
         if not calls:
             return []
-        try:
+        with _client_errors():
             async with asyncio.timeout(timeout or self.timeout * 4):
-                results = await run_loading(
-                    self.client, ALL_SCRIPTS, functools.partial(self._pipeline, calls)
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
+                results = await self._pipeline(calls)
+                # Only the calls a node answered NOSCRIPT are replayed (after loading on
+                # every primary): in a cluster the other nodes' calls already applied,
+                # and replaying them would change their results, not their effect.
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if missing:
+                    await load_scripts(self.client, ALL_SCRIPTS)
+                    again = await self._pipeline([calls[i] for i in missing])
+                    for i, r in zip(missing, again, strict=True):
+                        results[i] = r
         for r in results:
             if isinstance(r, Exception):
                 raise _translate(r) from r
         return results
 
     async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Replies in call order; a failed call's reply is its exception."""
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            # raw EVALSHA: the one form standalone and cluster pipelines both accept
+            pipe.execute_command(*c.script.evalsha(c.keys, c.args))
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        raise_noscript(results)
         return results
 
     async def load_scripts(self) -> None:
         """Load every script (on all primaries in a cluster)."""
-        try:
+        with _client_errors():
             async with asyncio.timeout(self.timeout * 4):
                 await load_scripts(self.client, ALL_SCRIPTS)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc) from exc
+
+
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """Any exception from the client becomes a CacheError (CancelledError passes)."""
+    try:
+        yield
+    except Exception as exc:  # the client's failure modes are open-ended
+        raise _client_error(exc) from exc
+
+
+def _client_error(exc: Exception) -> CacheError:
+    if not isinstance(exc, CacheError | RedisError | OSError):
+        # not a documented client error: keep the trace for whoever debugs it
+        log.debug("unexpected error from the Redis client", exc_info=exc)
+    return _translate(exc)
 
 
 def _per_node(replies: Any) -> bool:

@@ -273,6 +273,15 @@ class Settings(BaseSettings):
     simulate_rate: Annotated[float, Field(ge=0)] = Field(
         20.0, description="Events per second of the local default's sample traffic (0 = off)."
     )
+    local_truncate_records: Annotated[int, Field(ge=0)] = Field(
+        5000,
+        description=(
+            "Local default only: once a partition of a change topic holds this many records"
+            " and the pipeline has applied them all, the worker pauses its sample traffic"
+            " and empties the change topics (the bundled broker keeps every record in"
+            " memory and its fetches slow down as topics grow). 0 = never."
+        ),
+    )
 
     # ------------------------------------------------------------------------
     @field_validator("redis_key_prefix")

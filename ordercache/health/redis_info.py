@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ordercache.redisconn.client import AnyRedis
@@ -168,7 +169,11 @@ def parse_info(raw: Mapping[str, Any]) -> RedisInfo:
 async def fetch_info(client: AnyRedis, *, timeout: float) -> RedisInfo:
     """INFO of the server(s), bounded by ``timeout``. Raises on failure (see callers)."""
     async with asyncio.timeout(timeout):
-        raw = await client.info(*INFO_SECTIONS)
+        if isinstance(client, RedisCluster):
+            # redis-py 8 sends a bare INFO to one node: ask every primary and sum
+            raw = await client.info(*INFO_SECTIONS, target_nodes=RedisCluster.PRIMARIES)
+        else:
+            raw = await client.info(*INFO_SECTIONS)
         info = parse_info(raw)
         if info.maxclients == 0 and not _is_node_map(raw):
             info = replace(info, maxclients=await _config_maxclients(client))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import mode
@@ -23,12 +24,42 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ordercache.config.settings import Settings
 from ordercache.db.engine import create_schema
+from ordercache.models.events import RowChange
 from ordercache.models.orm import Order
-from ordercache.sample.producer import ChangeEventProducer
+from ordercache.sample.producer import ChangeEventProducer, Topics
 from ordercache.sample.seed import SeedSpec, run_seed
 from ordercache.sample.simulate import Simulator
 
 log = logging.getLogger(__name__)
+
+
+class GatedProducer(ChangeEventProducer):
+    """A producer that can be held still (the local default's topic truncation)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._sending = asyncio.Lock()
+
+    async def emit_transaction(
+        self, changes: Iterable[RowChange], *, wait: bool = True
+    ) -> list[Any]:
+        while True:
+            await self._open.wait()
+            async with self._sending:
+                if self._open.is_set():
+                    return await super().emit_transaction(changes, wait=wait)
+
+    async def pause(self) -> bool:
+        """No transaction is sent after this returns, and every one sent is delivered."""
+        self._open.clear()
+        async with self._sending:
+            await self.flush()
+        return True
+
+    async def resume(self) -> None:
+        self._open.set()
 
 
 class LocalTraffic(mode.Service):
@@ -45,7 +76,7 @@ class LocalTraffic(mode.Service):
         self.settings = settings
         self.engine = engine
         self.sessions = sessions
-        self._producer: ChangeEventProducer | None = None
+        self._producer: GatedProducer | None = None
         self._task: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
@@ -68,7 +99,7 @@ class LocalTraffic(mode.Service):
 
     async def _simulate(self) -> None:
         rate = self.settings.simulate_rate
-        producer = ChangeEventProducer.from_settings(self.settings)
+        producer = GatedProducer(self.settings.kafka_bootstrap, Topics.from_settings(self.settings))
         self._producer = producer
         await producer.start()
         log.info("local default: sample traffic at %.0f events/s", rate)
@@ -82,6 +113,16 @@ class LocalTraffic(mode.Service):
                 # sample traffic waits it out and starts afresh from the database.
                 log.warning("local default: sample traffic paused: %s", type(exc).__name__)
                 await asyncio.sleep(1.0)
+
+    async def pause(self) -> bool:
+        """Hold the sample traffic still (see ``Pausable``); False when there is none."""
+        if self._producer is None:
+            return False
+        return await self._producer.pause()
+
+    async def resume(self) -> None:
+        if self._producer is not None:
+            await self._producer.resume()
 
     async def on_stop(self) -> None:
         # Stop the traffic before its producer, or it would send into a closed client.
