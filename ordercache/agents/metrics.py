@@ -15,6 +15,8 @@ class PipelineMetrics:
     dlq: Counter
     lag: Histogram
     consumer_lag: Gauge
+    partition_lag: Gauge
+    stalled: Gauge
     retries: Counter
     batch_size: Histogram
     reapplied: Counter
@@ -43,8 +45,22 @@ class PipelineMetrics:
             ),
             consumer_lag=Gauge(
                 "ordercache_consumer_lag_messages",
-                "Records behind the high watermark, summed over assigned partitions.",
+                "Records between the committed offset and the log end, summed over this "
+                "worker's assigned partitions of the topic (read on a timer).",
                 ["topic"],
+                registry=registry,
+            ),
+            partition_lag=Gauge(
+                "ordercache_consumer_partition_lag_messages",
+                "Records between the committed offset and the log end, per assigned partition "
+                "(read on a timer).",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            stalled=Gauge(
+                "ordercache_invalidation_stalled_seconds",
+                "Seconds this worker has been behind (lag > 0) without its committed offset "
+                "moving, for its worst partition; 0 when caught up.",
                 registry=registry,
             ),
             retries=Counter(

@@ -17,8 +17,8 @@ from ordercache.cache.keys import KeySpace, TtlPolicy
 from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.config.settings import Settings
-from ordercache.db.engine import engine_from_settings, session_factory
-from ordercache.redisconn.client import RedisHandle, create_redis
+from ordercache.db.engine import create_engine, engine_from_settings, session_factory
+from ordercache.redisconn.client import RedisHandle, create_health_redis, create_redis
 
 
 @dataclass
@@ -33,6 +33,11 @@ class AppContext:
     keys: KeySpace
     ttls: TtlPolicy
     cache: CacheService
+    #: The readiness probe's own small client (never waits behind the read path).
+    health_redis: RedisHandle
+    #: The readiness check's own engine (one connection, one spare): at 100
+    #: concurrent reads the shared pool is busy, and ``SELECT 1`` must not queue.
+    health_engine: AsyncEngine
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
     #: Endpoints ("broker", "redis") neither configured nor found in a running local
@@ -79,6 +84,8 @@ class AppContext:
             keys=keys,
             ttls=ttls,
             cache=cache,
+            health_redis=create_health_redis(settings),
+            health_engine=create_engine(settings.database_dsn, pool_size=1),
             local_default=local_default,
             unconfigured=unconfigured,
             local_broker=local_broker,
@@ -86,4 +93,6 @@ class AppContext:
 
     async def aclose(self) -> None:
         await self.redis.close()
+        await self.health_redis.close()
         await self.engine.dispose()
+        await self.health_engine.dispose()

@@ -70,6 +70,8 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        progress_interval=s.progress_interval,
+        stall_seconds=s.stall_seconds,
         dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
@@ -99,11 +101,12 @@ def health_checker(
 ) -> HealthChecker:
     """The readiness checker over ``ctx``'s Redis and database (and ``pipeline``'s broker)."""
     return HealthChecker(
-        redis=ctx.redis,
-        engine=ctx.engine,
+        redis=ctx.health_redis,
+        engine=ctx.health_engine,
         breaker=ctx.cache.breaker,
         health_key=ctx.keys.health(node or node_name()),
         status_gauge=web_metrics.health_status,
+        component_gauge=web_metrics.health_component_up,
         pipeline=pipeline,
         app=app,
         config=config,
@@ -124,7 +127,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     dlq_counts = dlq_stats.declare(app, ctx.settings)
 
     web_metrics = metrics.WebMetrics.create(ctx.registry)
-    redis_monitor = RedisMonitor(ctx.redis.client)
+    redis_monitor = RedisMonitor(ctx.health_redis.client)
     ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
@@ -135,6 +138,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         breaker=ctx.cache.breaker,
         pipeline=pipeline,
         dlq_counts=dlq_counts,
+        thresholds=stats.StatsThresholds(max_consumer_lag=ctx.settings.lag_max_messages),
     )
     read_api.register(app, read_api.ReadApi(view_reader(ctx)), web_metrics)
     health.register(app, checker)

@@ -35,6 +35,7 @@ FAUST_PREFIX = "ordercache_faust"
 
 READ_SECONDS = "ordercache_read_duration_seconds"
 HEALTH_STATUS = "ordercache_health_status"
+HEALTH_COMPONENT_UP = "ordercache_health_component_up"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class WebMetrics:
     read_seconds: Histogram
     #: 0 ok, 1 degraded, 2 down: the last readiness evaluation.
     health_status: Gauge
+    #: 1 if a readiness component was ok at the last evaluation, else 0.
+    health_component_up: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WebMetrics:
@@ -60,6 +63,13 @@ class WebMetrics:
             health_status=Gauge(
                 HEALTH_STATUS,
                 "Readiness of this worker: 0 ok, 1 degraded, 2 down.",
+                registry=registry,
+            ),
+            health_component_up=Gauge(
+                HEALTH_COMPONENT_UP,
+                "1 if the readiness component (redis, database, broker, pipeline) was ok "
+                "at the last evaluation, else 0.",
+                ["component"],
                 registry=registry,
             ),
         )
