@@ -40,6 +40,10 @@ class AppContext:
     health_engine: AsyncEngine
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: Endpoints ("broker", "redis") neither configured nor found in a running local
+    #: worker's record: placeholders stand in (the app needs a broker address to be
+    #: built), and a command that needs one of them refuses to start.
+    unconfigured: frozenset[str] = frozenset()
     #: True when this process started the broker itself (the bundled Tansu).
     local_broker: bool = False
 
@@ -50,6 +54,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        unconfigured: frozenset[str] = frozenset(),
         local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
@@ -82,6 +87,7 @@ class AppContext:
             health_redis=create_health_redis(settings),
             health_engine=create_engine(settings.database_dsn, pool_size=1),
             local_default=local_default,
+            unconfigured=unconfigured,
             local_broker=local_broker,
         )
 

@@ -25,14 +25,16 @@ from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
 from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
+from ordercache.config.version import project_version
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
 from ordercache.local.truncate import local_truncation
+from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
-from ordercache.web import health, metrics, read_api, stats
+from ordercache.web import health, metrics, openapi, read_api, stats
 from ordercache.web.monitor import WebMonitor
 
 
@@ -113,6 +115,11 @@ def health_checker(
     )
 
 
+def view_reader(ctx: AppContext) -> ViewReader:
+    """The one way to read the views: the context's cache service over its database."""
+    return ViewReader(ctx.cache, DbLoaders(ctx.sessions))
+
+
 def wire(app: faust.App, ctx: AppContext) -> Worker:
     """Add every subsystem of the worker to ``app``."""
     mirror = build_mirror(ctx)
@@ -135,10 +142,11 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         dlq_counts=dlq_counts,
         thresholds=stats.StatsThresholds(max_consumer_lag=ctx.settings.lag_max_messages),
     )
-    read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
+    read_api.register(app, read_api.ReadApi(view_reader(ctx)), web_metrics)
     health.register(app, checker)
     metrics.register(app, ctx.registry)
     stats.register(app, reporter)
+    openapi.register(app, project_version())
     app.add_dependency(WebMonitor(redis_monitor, reporter, checker, loop=None))
 
     if ctx.local_default:

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: text (Faust's format) or json (one object per line: ts, "
+        "level, logger, message, extras).",
+    )
 
     # --- Redis ----------------------------------------------------------------
     redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
