@@ -40,7 +40,10 @@ MIN_WINDOW = 15
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 #: Threshold constants that are durations (scaled with the windows).
-_DURATION_THRESHOLDS = ("stream_oldest_pending_idle_seconds_max",)
+_DURATION_THRESHOLDS = (
+    "stream_oldest_pending_idle_seconds_max",
+    "invalidation_stalled_seconds_max",
+)
 
 
 def _seconds(text: str) -> float:

@@ -28,11 +28,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from ordercache.local.services import ManagedProcess, free_port, start_redis_server
+from ordercache.local.services import ManagedProcess, free_port, start_redis_server, start_tansu
 from ordercache.models.events import Entity, Op, RowChange
 from ordercache.sample.producer import ChangeEventProducer, Topics
 from tests.conftest import make_settings, unique
-from tests.prom_live import PROMETHEUS, SCALE, Prometheus, scaled_window
+from tests.prom_live import INTERVAL, PROMETHEUS, SCALE, Prometheus, scaled_window
 from tests.web_harness import Seeded, Worker, get, seed, start_worker, wait_for
 
 pytestmark = [
@@ -54,15 +54,25 @@ def budget(for_: float = 0.0, *, window: float = 0.0, detect: float = 0.0) -> fl
 
 
 class Stack:
-    """One worker on a private redis-server, its Prometheus, the session broker."""
+    """One worker on a private redis-server and a private broker, and its Prometheus."""
 
     def __init__(
-        self, worker: Worker, redis: ManagedProcess, prom: Prometheus, env: dict[str, Any]
+        self,
+        worker: Worker,
+        redis: ManagedProcess,
+        broker: ManagedProcess,
+        prom: Prometheus,
+        env: dict[str, Any],
     ) -> None:
         self.worker = worker
         self.redis = redis
+        self.broker = broker
         self.prom = prom
         self.env = env
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.env["kafka_broker"])
 
     @property
     def target(self) -> str:
@@ -70,13 +80,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    pg_schema: str, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(pg_schema: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis = start_redis_server()
+    broker = start_tansu()  # its own: one scenario stops it
     topics = unique("ta")
     env = {
-        "kafka_broker": kafka_broker,
+        "kafka_broker": broker.url,
         "kafka_partitions": 1,
         "app_id": unique("oc-alerts-"),
         "redis_url": f"redis://{redis.url}/0",
@@ -93,12 +102,13 @@ def stack(
     worker = start_worker(env, tmp_path_factory.mktemp("alerts-worker"))
     prom = Prometheus(tmp_path_factory.mktemp("prometheus"))
     prom.start({"ordercache": [f"127.0.0.1:{worker.port}"]})
-    s = Stack(worker, redis, prom, env)
+    s = Stack(worker, redis, broker, prom, env)
     yield s
     prom.stop()
     with contextlib.suppress(Exception):
         s.worker.stop()
     s.redis.cleanup()
+    s.broker.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -286,14 +296,12 @@ async def test_full_redis_fires_memory_near_max_and_evicting(stack: Stack, ready
 
 
 # --------------------------------------------------------------------------- pipeline
-async def test_late_events_fire_invalidation_lag_high(
-    stack: Stack, kafka_broker: str, ready: Seeded
-) -> None:
+async def test_late_events_fire_invalidation_lag_high(stack: Stack, ready: Seeded) -> None:
     """Events that reach the broker two minutes after they were produced (a producer's
     buffer, a replication backlog upstream): the lag histogram sees their age."""
     topics = Topics.from_settings(make_settings(**stack.env))
-    encoder = ChangeEventProducer([kafka_broker], topics)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
+    encoder = ChangeEventProducer([stack.bootstrap], topics)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
     await producer.start()
     fault = time.monotonic()
     try:
@@ -320,11 +328,92 @@ async def test_late_events_fire_invalidation_lag_high(
     _report("OrdercacheInvalidationLagHigh", "40 events 2 min late", fired, resolved)
 
 
-# --------------------------------------------------------------------------- DLQ
-async def test_malformed_events_fire_dlq_messages_then_resolve(
-    stack: Stack, kafka_broker: str, ready: Seeded
+async def test_redis_down_under_traffic_fires_lag_and_stalled(stack: Stack, ready: Seeded) -> None:
+    """Events keep coming while the cache cannot apply them: the backlog and the stall
+    show in the lag gauges from the broker's end offsets (not only after a commit)."""
+    prom = stack.prom
+    encoder = ChangeEventProducer(
+        [stack.bootstrap], Topics.from_settings(make_settings(**stack.env))
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=20)
+    await producer.start()
+    stop = asyncio.Event()
+    sent = 0
+
+    async def produce() -> None:
+        nonlocal sent
+        version = 10_000
+        while not stop.is_set():
+            for _ in range(300):
+                version += 1
+                change = RowChange(
+                    Entity.INVENTORY,
+                    Op.UPDATE,
+                    after={
+                        "product_id": ready.product_id, "available": 7, "reserved": 0,
+                        "version": version, "updated_at": "2026-01-01T00:00:00Z",
+                    },
+                )  # fmt: skip
+                topic, key, value, headers = encoder.encode(
+                    change, tx_id=version, lsn=version, ts_ms=0
+                )
+                await producer.send(topic, value, key=key, headers=headers)
+                sent += 1
+            await asyncio.sleep(0.1)  # about 3,000 events/s
+
+    port = stack.redis.port
+    fault = time.monotonic()
+    stack.redis.cleanup()
+    traffic = asyncio.create_task(produce())
+    try:
+        # lag and stall come from the pipeline's progress timer (every 5 s)
+        fired = {
+            "OrdercacheInvalidationStalled": await fires(
+                prom, "OrdercacheInvalidationStalled", budget(60, detect=5 + 60 / SCALE), fault
+            ),
+            "OrdercacheConsumerLagHigh": await fires(
+                prom, "OrdercacheConsumerLagHigh", budget(600, detect=5 + 5), fault
+            ),
+            "OrdercacheConsumerLagGrowing": await fires(
+                prom, "OrdercacheConsumerLagGrowing", budget(600, window=600, detect=5), fault
+            ),
+        }
+    finally:
+        stop.set()
+        await traffic
+        await producer.stop()
+        stack.redis = start_redis_server(port=port)
+    recovered = time.monotonic()
+    # the backlog applies, the lag returns to 0
+    for name, took in fired.items():
+        resolved = await resolves(prom, name, budget(window=600, detect=5) + 30, recovered)
+        _report(name, f"Redis down, {sent} events queued", took, resolved)
+
+
+async def test_broker_stopped_fires_broker_unreachable(
+    stack: Stack, http: aiohttp.ClientSession, ready: Seeded
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
+    prom = stack.prom
+    port = stack.broker.port
+    fault = time.monotonic()
+    stack.broker.cleanup()
+    try:
+        # readiness is re-evaluated every 15 s (and on each probe)
+        fired = await fires(prom, "OrdercacheBrokerUnreachable", budget(60, detect=15), fault)
+    finally:
+        stack.broker = start_tansu(port=port)  # memory-only: it comes back empty
+    recovered = time.monotonic()
+    await wait_for(
+        http, stack.worker, "/health/ready", lambda r: r.json().get("status") == "ok",
+        timeout=120,
+    )  # fmt: skip
+    resolved = await resolves(prom, "OrdercacheBrokerUnreachable", budget(detect=15), recovered)
+    _report("OrdercacheBrokerUnreachable", "broker stopped", fired, resolved)
+
+
+# --------------------------------------------------------------------------- DLQ
+async def test_malformed_events_fire_dlq_messages_then_resolve(stack: Stack, ready: Seeded) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
     await producer.start()
     fault = time.monotonic()
     try:
@@ -338,6 +427,13 @@ async def test_malformed_events_fire_dlq_messages_then_resolve(
         stack.prom, "OrdercacheDlqMessages", budget(detect=1), fault,
         topic=stack.env["topic_orders"],
     )  # fmt: skip
+    # the worker leaves discovery (its series go stale): the alert must not vanish with it
+    stack.prom.set_targets({})
+    try:
+        await asyncio.sleep(3 * INTERVAL + 1)
+        assert stack.prom.firing("OrdercacheDlqMessages", topic=stack.env["topic_orders"])
+    finally:
+        stack.prom.set_targets({"ordercache": [stack.target]})
     # the alert looks at the last 10 minutes: it resolves once the burst leaves the window
     resolved = (
         await resolves(stack.prom, "OrdercacheDlqMessages", budget(window=600), fault) - fired

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis import exceptions as redis_errors
 
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.pipeline import ChangePipeline, PipelineConfig
@@ -349,3 +351,37 @@ async def test_broker_unreachable_is_not_ready(ctx: AppContext) -> None:
     assert broker.error == "KafkaConnectionError"
     assert report.components["redis"].status == "ok"
     assert report.components["database"].status == "ok"
+
+
+async def test_readiness_does_not_wait_behind_a_saturated_read_pool(ctx: AppContext) -> None:
+    """Every connection of the read path's pool is taken: reads wait, the probe does not."""
+    checker = health_checker(ctx, WebMetrics.create(ctx.registry))
+    pool = ctx.redis.client.connection_pool
+    held = [await pool.get_connection() for _ in range(pool.max_connections)]
+    try:
+        # the read pool is really exhausted: a command through it cannot get a connection
+        with pytest.raises(redis_errors.ConnectionError):
+            async with asyncio.timeout(5):
+                await ctx.redis.client.ping()
+        async with asyncio.timeout(3):
+            report = await checker.ready()
+        assert report.components["redis"].status == "ok", report.as_dict()
+        assert report.status == "ok"
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_readiness_does_not_wait_behind_a_busy_database_pool(ctx: AppContext) -> None:
+    """Every connection the read path's engine may open is held: the check has its own."""
+    checker = health_checker(ctx, WebMetrics.create(ctx.registry))
+    limit = ctx.engine.pool.size() + ctx.engine.pool._max_overflow  # type: ignore[attr-defined]
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(limit):
+            await stack.enter_async_context(ctx.engine.connect())
+        with pytest.raises(TimeoutError):  # the shared pool is really exhausted
+            async with asyncio.timeout(1):
+                await stack.enter_async_context(ctx.engine.connect())
+        async with asyncio.timeout(3):
+            report = await checker.ready()
+        assert report.components["database"].status == "ok", report.as_dict()

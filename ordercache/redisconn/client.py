@@ -304,6 +304,16 @@ def create_redis(settings: Settings) -> RedisHandle:
     return RedisHandle(client=client, mode="standalone", max_connections=pool.max_connections)
 
 
+#: Connections of the health probe's own client: readiness must not queue behind
+#: the read path's pool when it is exhausted (one probe at a time, plus a spare).
+HEALTH_CONNECTIONS = 2
+
+
+def create_health_redis(settings: Settings) -> RedisHandle:
+    """A small client of its own for the readiness probe and INFO (no I/O here)."""
+    return create_redis(settings.model_copy(update={"redis_max_connections": HEALTH_CONNECTIONS}))
+
+
 def _create_sentinel(settings: Settings, kw: dict[str, Any]) -> RedisHandle:
     assert settings.redis_sentinels is not None  # checked by Settings
     addrs = parse_hostports(settings.redis_sentinels, "ORDERCACHE_REDIS_SENTINELS")

@@ -118,6 +118,11 @@ class StreamConsumer:
         self.metrics = metrics
         #: Metric label of the stream: its name without the deployment prefix.
         self.label = label or stream.split(":stream:", 1)[-1]
+        if metrics is not None:
+            # at 0 from the start, so increase() sees the first dead letter and an
+            # alert on it does not vanish when this process stops
+            metrics.dead_letters.labels(self.label, group)
+            metrics.claims.labels(self.label, group)
         #: Same hash tag as the stream, so dead-lettering is one MULTI in one slot.
         self.dead_letter_stream = dead_letter_stream or dead_letter_key(stream)
         self.stats = ConsumerStats()

@@ -3,12 +3,13 @@
 Per view over the recent window (default 5 min, from snapshots every 10 s): requests,
 hit ratio, read latency p50/p99 (interpolated from histogram buckets), Redis GET
 and database load latency. Then Redis memory, the circuit breaker, pipeline counts
-(events applied, dead letters, consumer lag, DLQ counts per reason from the
-changelog-backed table when the reporter is given it), stream figures (the
-``ordercache_stream_*`` gauges when the streams subsystem exports them), and a
-status: "degraded" with the reasons when a threshold of :class:`StatsThresholds` is
-crossed. Everything comes from in-memory metrics:
-serving this page does no network I/O and shows no configuration secrets.
+(events applied, dead letters, consumer lag per topic and per partition, the
+pipeline's stall verdict, DLQ counts per reason from the changelog-backed table when
+the reporter is given it), stream figures (the ``ordercache_stream_*`` gauges when
+the streams subsystem exports them), and a status: "degraded" with the reasons when
+a threshold of :class:`StatsThresholds` is crossed or the pipeline is stalled.
+Everything comes from in-memory metrics: serving this page does no network I/O and
+shows no configuration secrets.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class StatsThresholds:
     max_p99_seconds: float = 0.05
     #: Redis used_memory / maxmemory above this.
     max_memory_ratio: float = 0.9
+    #: Consumer lag of one topic (this worker's partitions) above this, in records.
+    max_consumer_lag: int = 10_000
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -114,9 +117,16 @@ def evaluate(
     redis_up: bool,
     memory_ratio: float | None,
     thresholds: StatsThresholds,
+    consumer_lag: Mapping[str, int] | None = None,
+    stall: str | None = None,
 ) -> list[str]:
     """Reasons to call the worker degraded (empty: ok). Pure."""
     reasons: list[str] = []
+    if stall is not None:
+        reasons.append(f"pipeline {stall}")
+    for topic, lag in sorted((consumer_lag or {}).items()):
+        if lag > thresholds.max_consumer_lag:
+            reasons.append(f"{topic}: consumer lag {lag} > {thresholds.max_consumer_lag}")
     if not redis_up:
         reasons.append("redis down: reads served from the database")
     if memory_ratio is not None and memory_ratio > thresholds.max_memory_ratio:
@@ -174,11 +184,14 @@ class StatsReporter:
         covered, d = self.window.recent(now, current)
         views = {v.value: view_stats(d, v.value) for v in View}
         info = self.monitor.info
+        pipeline = self.pipeline
         reasons = evaluate(
             views,
             redis_up=self.monitor.up,
             memory_ratio=info.memory_ratio,
             thresholds=self.thresholds,
+            consumer_lag=pipeline.progress.topic_lag() if pipeline is not None else None,
+            stall=pipeline.stall_reason() if pipeline is not None else None,
         )
         gauges = take_samples(self.registry, GAUGES)
         return {
@@ -230,6 +243,16 @@ class StatsReporter:
         }
         if self.pipeline is not None:
             out["assigned_partitions"] = len(self.pipeline.assigned)
+            out["stall"] = self.pipeline.stall_reason()
+            out["partitions"] = {
+                f"{p.topic}/{p.partition}": {
+                    "lag": p.lag,
+                    "end": p.end,
+                    "committed": p.committed,
+                    "stalled_seconds": p.stalled_seconds,
+                }
+                for p in self.pipeline.progress.partitions()
+            }
         if self.dlq_counts is not None:
             out["dlq_by_reason"] = summarize(self.dlq_counts.items())
         return out
