@@ -138,6 +138,18 @@ class ViewReader:
         result = await self.cache.get_or_load(INVENTORY, eid, self.loaders.inventory)
         return Read(result.value, result.status)
 
+    async def order_json(self, order_id: int | str) -> Read[bytes]:
+        """:meth:`order` as its JSON: a hit is served as stored (no decode, no encode)."""
+        eid = validate_id(order_id)
+        result = await self.cache.get_or_load_body(ORDER, eid, self.loaders.order)
+        return Read(result.body, result.status)
+
+    async def inventory_json(self, product_id: int | str) -> Read[bytes]:
+        """:meth:`inventory` as its JSON: a hit is served as stored."""
+        eid = validate_id(product_id)
+        result = await self.cache.get_or_load_body(INVENTORY, eid, self.loaders.inventory)
+        return Read(result.body, result.status)
+
     async def history(
         self, customer_id: int | str, *, limit: int = DEFAULT_LIMIT, offset: int = 0
     ) -> Read[HistoryPage]:

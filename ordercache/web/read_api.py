@@ -91,13 +91,13 @@ class ReadApi:
 
     async def order(self, raw_id: str) -> Reply:
         return await self._reply(
-            View.ORDER, lambda: self.reader.order(raw_id), "order not found", raw_id
+            View.ORDER, lambda: self.reader.order_json(raw_id), "order not found", raw_id
         )
 
     async def inventory(self, raw_id: str) -> Reply:
         return await self._reply(
             View.INVENTORY,
-            lambda: self.reader.inventory(raw_id),
+            lambda: self.reader.inventory_json(raw_id),
             "product inventory not found",
             raw_id,
         )
@@ -132,7 +132,10 @@ class ReadApi:
         if result.value is None:
             eid = validate_id(raw_id)
             return Reply(404, orjson.dumps({"error": not_found, "id": eid}), result.cache)
-        return Reply(200, _model_json(result.value), result.cache)
+        value = result.value
+        # order and inventory come as their stored JSON (the response body as is)
+        body = value if isinstance(value, bytes) else _model_json(value)
+        return Reply(200, body, result.cache)
 
 
 def register(app: faust.App, api: ReadApi, metrics: WebMetrics) -> None:
