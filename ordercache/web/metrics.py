@@ -142,7 +142,6 @@ class RedisCollector:
             pool.add_metric([state], float(stats.get(state, 0)))
         yield pool
 
-
     def _capacity_and_durability(self) -> Iterator[Metric]:
         """Client capacity, replication and persistence: the alerts of docs/runbook.md."""
         info = self.monitor.info
