@@ -2,19 +2,21 @@
 
     python -m bench.bench_decode [--n 20000] [--rounds 7]
 
-Rounds interleave the cases and the baseline; medians are reported (the machines
-here are small and shared, so single runs are noisy).
+Rounds interleave the case and its baseline, alternating which goes first; the
+ratio is the median of per-round ratios (``bench/common.py``). ``--json`` prints one
+JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import asyncio
 import time
 from collections.abc import Callable
 
 import orjson
 
+from bench.common import Report, add_json_flag, median, paired
 from ordercache.agents.decode import decode
 
 TS = "2024-05-01T10:11:12.123456Z"
@@ -60,27 +62,37 @@ def per_call_us(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
+async def _run(n: int, rounds: int, as_json: bool) -> None:
+    report = Report("decode")
+    for name, (value, headers) in CASES.items():
+
+        async def base(v: bytes = value) -> float:
+            return per_call_us(lambda: orjson.loads(v), n)
+
+        async def ours(v: bytes = value, h: list[tuple[str, bytes]] = headers) -> float:
+            return per_call_us(lambda: decode("orders.changes", b"123456", v, h), n)
+
+        result = await paired(rounds, base, ours, better="lower")
+        report.absolute(
+            f"decode {name}, {len(value)} bytes (µs per event)",
+            "µs",
+            median(result.ours),
+            baseline=median(result.baseline),
+            ratio=result.ratio,
+            target="informational (bare orjson.loads is the floor)",
+            met=True,
+            ratios=result.ratios,
+        )
+    report.emit(as_json)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=7)
+    add_json_flag(parser)
     args = parser.parse_args()
-    results: dict[str, list[float]] = {name: [] for name in CASES}
-    baseline: dict[str, list[float]] = {name: [] for name in CASES}
-    for _ in range(args.rounds):
-        for name, (value, headers) in CASES.items():
-            baseline[name].append(per_call_us(lambda v=value: orjson.loads(v), args.n))  # type: ignore[misc]
-            results[name].append(
-                per_call_us(
-                    lambda v=value, h=headers: decode("orders.changes", b"123456", v, h),  # type: ignore[misc]
-                    args.n,
-                )
-            )
-    print(f"{'case':32s} {'bytes':>5s} {'decode µs':>10s} {'loads µs':>9s} {'events/s':>9s}")
-    for name, (value, _) in CASES.items():
-        med = statistics.median(results[name])
-        base = statistics.median(baseline[name])
-        print(f"{name:32s} {len(value):5d} {med:10.2f} {base:9.2f} {1e6 / med:9.0f}")
+    asyncio.run(_run(args.n, args.rounds, args.json))
 
 
 if __name__ == "__main__":

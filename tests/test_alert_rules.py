@@ -57,6 +57,11 @@ EXPECTED_ALERTS = {
     "OrdercacheWorkerDown",
     "OrdercacheWorkerLost",
     "OrdercacheWorkerAbsent",
+    "OrdercacheRedisClientsNearMax",
+    "OrdercacheRedisRejectingConnections",
+    "OrdercacheRedisReplicationBroken",
+    "OrdercacheRedisReplicationLagHigh",
+    "OrdercacheRedisPersistenceFailing",
     "OrdercacheHealthDegraded",
     "OrdercacheInvalidationStalled",
     "OrdercacheBrokerUnreachable",
@@ -144,7 +149,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- contract
 def test_contract_table_parses(contract: Contract) -> None:
-    assert len(contract.metrics) == 33
+    assert len(contract.metrics) == 39
     assert contract.metrics["ordercache_local_truncations_total"].kind == "counter"
     assert contract.metrics["ordercache_cache_requests_total"].labels == {"view", "result"}
     assert contract.metrics["ordercache_cache_operation_duration_seconds"].kind == "histogram"

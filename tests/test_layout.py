@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"redisconn"},
     {"cache", "db", "migrations"},
     {"streams"},
-    {"agents", "tables", "sample", "local"},
+    {"agents", "tables", "sample", "local", "publish", "read", "warming"},
     {"health"},
     {"web"},
     {"app"},

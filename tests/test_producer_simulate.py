@@ -28,7 +28,7 @@ from ordercache.agents.decode import decode
 from ordercache.agents.plan import plan
 from ordercache.cache.ops import Invalidate
 from ordercache.cache.views import View
-from ordercache.db.engine import create_engine
+from ordercache.db.engine import create_engine, create_schema
 from ordercache.models.events import (
     PRIMARY_KEY,
     ROW_MODELS,
@@ -56,8 +56,11 @@ TABLES = {
 
 
 @pytest.fixture
-async def engine(pg_schema: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(pg_schema, pool_size=2)
+async def engine(fresh_pg_url: str) -> AsyncIterator[AsyncEngine]:
+    """A database of its own: the simulator picks up every open order it finds, so the
+    open orders other tests leave in the session database would take its events."""
+    eng = create_engine(fresh_pg_url, pool_size=2)
+    await create_schema(eng)
     yield eng
     await eng.dispose()
 

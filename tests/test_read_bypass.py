@@ -23,9 +23,9 @@ import pytest
 import redis
 
 from ordercache.app.context import AppContext
+from ordercache.app.wiring import view_reader
 from ordercache.cache.backend import RedisCacheBackend
 from ordercache.cache.views import View
-from ordercache.db.loaders import DbLoaders
 from ordercache.local.services import ManagedProcess
 from ordercache.models.orm import Inventory, Product
 from ordercache.redisconn.client import create_redis
@@ -87,7 +87,7 @@ def set_slot(cluster: LocalCluster, slot: int, *, owner: int | None) -> None:
 async def test_a_client_exception_outside_redis_error_becomes_a_bypass(
     ctx: AppContext, own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = ReadApi(ctx.cache, DbLoaders(ctx.sessions))
+    api = ReadApi(view_reader(ctx))
     pid = await new_product(ctx, available=31)
     assert (await api.inventory(str(pid))).cache == "miss"
     hit = await api.inventory(str(pid))

@@ -374,3 +374,48 @@ async def test_the_worker_runs_as_the_acl_user(
         await admin.aclose()
         worker.stop()
     assert acl_redis.denied() == []  # the shutdown too
+
+
+async def test_warming_and_early_refresh_as_the_acl_user(
+    acl_redis: AclRedis, pg_schema: str, tmp_path: Path
+) -> None:
+    """Cache warming (on by default: hot-set chunks, leases, the shared rate limit,
+    the guarded bulk fill) and an early refresh (XFetch), as the ACL user."""
+    from ordercache.app.wiring import build_warmer
+    from ordercache.cache.codec import encode_value
+    from ordercache.sample.seed import SeedSpec, run_seed
+
+    ctx = AppContext.build(
+        make_settings(
+            redis_url=acl_redis.user_url,
+            database_url=pg_schema,
+            kafka_broker="127.0.0.1:9",
+            data_dir=tmp_path,
+            app_id=unique("oc-acl-"),
+            xfetch_beta=1.0,
+        )
+    )
+    try:
+        await run_seed(ctx.engine, SeedSpec(customers=3, products=4, orders=5))
+        identity = await ctx.cache.server_identity()
+        assert identity is not None
+        progress = await build_warmer(ctx).warm(identity)
+        assert progress.state == "done" and progress.filled > 0
+        key = ctx.keys.entry(View.INVENTORY, 99)
+        with acl_redis.admin() as r:  # an entry whose recorded expiry has come
+            r.set(key, encode_value(inventory(99, 1), delta_ms=5, expires_ms=1), px=30_000)
+
+        async def load(pid: int) -> ProductInventory:
+            return inventory(pid, 2)
+
+        assert (await ctx.cache.get_or_load(INVENTORY, 99, load)).status == "hit"
+        for _ in range(500):
+            with acl_redis.admin() as r:
+                if str(r.get(key)).startswith("v2:"):
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the early refresh never filled")
+        assert acl_redis.denied() == []
+    finally:
+        await ctx.aclose()

@@ -23,7 +23,6 @@ from ordercache.streams.entry import StreamEntry, TrackingRecord
 from ordercache.streams.layout import StreamLayout, dead_letter_key
 from ordercache.streams.mirror import StreamMirror
 from ordercache.streams.notifier import Notifier
-from ordercache.streams.notifier import main as notifier_main
 from ordercache.streams.tail import format_entry, tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,17 +115,8 @@ async def test_notifier_notifies_once_per_delivery_status(
     assert dead[0][1][b"dl_reason"].startswith(b"rejected: schema_version")
 
 
-def test_notifier_refuses_the_local_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("ORDERCACHE_"):
-            monkeypatch.delenv(name)
-    with pytest.raises(SystemExit) as info:
-        notifier_main([])
-    assert info.value.code == 2
-
-
 async def test_notifier_process_end_to_end(redis_raw: aioredis.Redis, key_prefix: str) -> None:
-    """``python -m ordercache.streams.notifier`` logs the line and stops on SIGTERM."""
+    """``ordercache notify`` logs the line and stops on SIGTERM."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ORDERCACHE_")},
         "PYTHONPATH": str(ROOT),
@@ -140,7 +130,8 @@ async def test_notifier_process_end_to_end(redis_raw: aioredis.Redis, key_prefix
         [
             sys.executable,
             "-m",
-            "ordercache.streams.notifier",
+            "ordercache.app.main",
+            "notify",
             "--from-start",
             "--consumer",
             "e2e",

@@ -31,6 +31,9 @@ class WorkerProcess:
         data = tmp / name
         data.mkdir(parents=True, exist_ok=True)
         env["ORDERCACHE_DATA_DIR"] = str(data)
+        # Warming would turn the first reads of a test into hits; tests that want it
+        # pass warm=True.
+        env["ORDERCACHE_WARM"] = "false"
         for key, value in settings.items():
             env[f"ORDERCACHE_{key.upper()}"] = str(value)
         return cls(env, data / "worker.log")

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ordercache.cache.breaker import CircuitBreaker
 from ordercache.cache.keys import KeySpace, TtlPolicy
 from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.near import NearCache, NearConfig
 from ordercache.cache.service import CacheConfig, CacheService, build_cache_service
+from ordercache.cache.tracking import TrackingListener
 from ordercache.config.settings import Settings
 from ordercache.db.engine import create_engine, engine_from_settings, session_factory
 from ordercache.redisconn.client import RedisHandle, create_health_redis, create_redis
@@ -38,8 +40,14 @@ class AppContext:
     #: The readiness check's own engine (one connection, one spare): at 100
     #: concurrent reads the shared pool is busy, and ``SELECT 1`` must not queue.
     health_engine: AsyncEngine
+    #: The near-cache's invalidation listener (None: ORDERCACHE_NEAR_CACHE is off).
+    tracking: TrackingListener | None = None
     #: True when this process started the local default's broker and Redis.
     local_default: bool = False
+    #: Endpoints ("broker", "redis") neither configured nor found in a running local
+    #: worker's record: placeholders stand in (the app needs a broker address to be
+    #: built), and a command that needs one of them refuses to start.
+    unconfigured: frozenset[str] = frozenset()
     #: True when this process started the broker itself (the bundled Tansu).
     local_broker: bool = False
 
@@ -50,6 +58,7 @@ class AppContext:
         *,
         registry: CollectorRegistry | None = None,
         local_default: bool = False,
+        unconfigured: frozenset[str] = frozenset(),
         local_broker: bool = False,
     ) -> AppContext:
         engine = engine_from_settings(settings)
@@ -57,6 +66,10 @@ class AppContext:
         redis = create_redis(settings)
         keys = KeySpace(settings.redis_key_prefix)
         ttls = TtlPolicy.from_settings(settings)
+        near, tracking = None, None
+        if settings.near_cache:
+            near = NearCache(NearConfig(settings.near_cache_max_entries, settings.near_cache_ttl))
+            tracking = TrackingListener(redis.client, near, keys.prefix)
         cache = build_cache_service(
             redis.client,
             keys,
@@ -67,8 +80,11 @@ class AppContext:
             # A load slower than half the tombstone's life is not filled: the guard
             # it was checked against may have expired meanwhile.
             config=CacheConfig(
-                lease_ms=settings.lease_ttl_ms, max_fill_age=min(60.0, settings.tombstone_ttl / 2)
+                lease_ms=settings.lease_ttl_ms,
+                max_fill_age=min(60.0, settings.tombstone_ttl / 2),
+                xfetch_beta=settings.xfetch_beta,
             ),
+            near=near,
         )
         return cls(
             settings=settings,
@@ -79,9 +95,11 @@ class AppContext:
             keys=keys,
             ttls=ttls,
             cache=cache,
+            tracking=tracking,
             health_redis=create_health_redis(settings),
             health_engine=create_engine(settings.database_dsn, pool_size=1),
             local_default=local_default,
+            unconfigured=unconfigured,
             local_broker=local_broker,
         )
 

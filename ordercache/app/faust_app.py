@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ordercache.agents import kafka_clients
 from ordercache.agents.kafka_clients import start_or_close
-from ordercache.app import commands
+from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
 from ordercache.db.replica_identity import replica_identity_problems
@@ -175,7 +175,7 @@ def create_app(ctx: AppContext) -> faust.App:
         web=WEB_URL,
         # Faust's built-in /table pages would serve table contents: not ours to expose.
         web_tables_enabled=False,
-        logging_config=None,
+        logging_config=logs.faust_logging_config(settings),
     )
     app.boot_strategy = BrokerFirstBoot(app, BrokerGate(settings.kafka_bootstrap))
     app.add_dependency(LifecycleService(ctx))

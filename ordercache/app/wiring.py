@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import mode
 
 from ordercache.agents.decode import REASONS, DecodeConfig, decode, is_tombstone
 from ordercache.agents.dlq import build_dead_letter
@@ -25,15 +26,57 @@ from ordercache.agents.pipeline import BatchHook, ChangePipeline, PipelineConfig
 from ordercache.agents.plan import plan, unresolved
 from ordercache.agents.tracking import StreamGauges, mirror_hook, tracking_record
 from ordercache.app.context import AppContext
+from ordercache.cache.tracking import TrackingListener
+from ordercache.config.version import project_version
 from ordercache.db.loaders import DbLoaders
 from ordercache.health.readiness import HealthChecker, HealthConfig, node_name
 from ordercache.health.redis_info import RedisMonitor
 from ordercache.local.traffic import LocalTraffic
 from ordercache.local.truncate import local_truncation
+from ordercache.read import ViewReader
 from ordercache.streams import MirrorConfig, StreamMetrics, StreamMirror
 from ordercache.tables import dlq_stats
-from ordercache.web import health, metrics, read_api, stats
+from ordercache.warming import CacheWarmer, WarmConfig, Warming, WarmMetrics
+from ordercache.web import health, metrics, openapi, read_api, stats
 from ordercache.web.monitor import WebMonitor
+
+
+class NearCacheTracking(mode.Service):
+    """Runs the near-cache's invalidation listener with the app."""
+
+    def __init__(self, listener: TrackingListener, **kwargs: Any) -> None:
+        self.listener = listener
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.listener.start()
+
+    async def on_stop(self) -> None:
+        await self.listener.stop()
+
+
+class WarmingService(mode.Service):
+    """Runs cache warming in the background (nothing waits for it, readiness neither)."""
+
+    def __init__(self, warming: Warming, **kwargs: Any) -> None:
+        self.warming = warming
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self.warming.start()
+
+    async def on_stop(self) -> None:
+        await self.warming.stop()
+
+
+def build_warmer(ctx: AppContext) -> CacheWarmer:
+    """The cache warmer for ``ctx``'s cache and database."""
+    return CacheWarmer(
+        ctx.cache,
+        ctx.sessions,
+        WarmConfig.from_settings(ctx.settings),
+        WarmMetrics.create(ctx.registry),
+    )
 
 
 @dataclass(frozen=True)
@@ -113,8 +156,16 @@ def health_checker(
     )
 
 
+def view_reader(ctx: AppContext) -> ViewReader:
+    """The one way to read the views: the context's cache service over its database."""
+    return ViewReader(ctx.cache, DbLoaders(ctx.sessions))
+
+
 def wire(app: faust.App, ctx: AppContext) -> Worker:
     """Add every subsystem of the worker to ``app``."""
+    if ctx.tracking is not None:
+        # first: the near-cache serves nothing until its listener is subscribed
+        app.add_dependency(NearCacheTracking(ctx.tracking))
     mirror = build_mirror(ctx)
     pipeline = build_pipeline(ctx, ctx.settings.kafka_bootstrap, hooks=[mirror_hook(mirror)])
     app.add_dependency(pipeline)
@@ -126,6 +177,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
     ctx.registry.register(metrics.RedisCollector(ctx.redis, redis_monitor))
     metrics.install_faust_sensors(app, ctx.registry)
     checker = health_checker(ctx, web_metrics, pipeline=pipeline, app=app)
+    warmer = build_warmer(ctx) if ctx.settings.warm else None
     reporter = stats.StatsReporter(
         ctx.registry,
         redis=ctx.redis,
@@ -133,12 +185,14 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
         breaker=ctx.cache.breaker,
         pipeline=pipeline,
         dlq_counts=dlq_counts,
+        warming=None if warmer is None else warmer.status,
         thresholds=stats.StatsThresholds(max_consumer_lag=ctx.settings.lag_max_messages),
     )
-    read_api.register(app, read_api.ReadApi(ctx.cache, DbLoaders(ctx.sessions)), web_metrics)
+    read_api.register(app, read_api.ReadApi(view_reader(ctx)), web_metrics)
     health.register(app, checker)
     metrics.register(app, ctx.registry)
     stats.register(app, reporter)
+    openapi.register(app, project_version())
     app.add_dependency(WebMonitor(redis_monitor, reporter, checker, loop=None))
 
     if ctx.local_default:
@@ -159,4 +213,7 @@ def wire(app: faust.App, ctx: AppContext) -> Worker:
             truncation = local_truncation(ctx.settings, ctx.registry, pipeline, [traffic, relay])
             if truncation is not None:
                 app.add_dependency(truncation)
+    if warmer is not None:
+        # Last: on the local default, LocalTraffic creates the schema it reads.
+        app.add_dependency(WarmingService(Warming(warmer)))
     return Worker(pipeline, mirror, checker, reporter, redis_monitor)

@@ -15,7 +15,7 @@ from ordercache.cache.ops import CacheOp
 from ordercache.cache.views import View, ViewSpec
 
 if TYPE_CHECKING:
-    from ordercache.cache.service import CacheResult
+    from ordercache.cache.service import BodyResult, CacheResult
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -40,6 +40,12 @@ class Cache(Protocol):
         self, spec: ViewSpec[T], entity_id: object, loader: Callable[[int], Awaitable[T | None]]
     ) -> CacheResult[T]:
         """Cache-aside read with database fallback; never raises a Redis error."""
+        ...
+
+    async def get_or_load_body(
+        self, spec: ViewSpec[T], entity_id: object, loader: Callable[[int], Awaitable[T | None]]
+    ) -> BodyResult:
+        """:meth:`get_or_load` answering the view's JSON; a hit is served as stored."""
         ...
 
     async def set(self, spec: ViewSpec[T], value: T) -> bool:

@@ -18,12 +18,12 @@ Readers call :meth:`CacheService.get_or_load`; the event pipeline calls
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -37,45 +37,43 @@ from ordercache.cache.backend import (
     ScriptCall,
 )
 from ordercache.cache.breaker import CircuitBreaker
-from ordercache.cache.codec import CorruptEntryError, encode_negative
+from ordercache.cache.codec import CorruptEntryError, encode_negative, encode_value, entry_body
 from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
 from ordercache.cache.metrics import FILL_REJECT_REASONS, CacheMetrics
+from ordercache.cache.near import NearCache, NearEntry
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
+from ordercache.cache.results import BodyResult, CacheConfig, CacheResult, Loader, Status
 from ordercache.cache.singleflight import SingleFlight
 from ordercache.cache.views import SPECS, View, ViewSpec
+from ordercache.cache.xfetch import EarlyRefresh
 from ordercache.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "MULTI_CHUNK",
+    "BodyResult",
+    "CacheConfig",
+    "CacheResult",
+    "CacheService",
+    "Loader",
+    "Status",
+    "build_cache_service",
+]
+
 T = TypeVar("T", bound=BaseModel)
-Status = Literal["hit", "miss", "bypass"]
-Loader = Callable[[int], Awaitable[T | None]]
+
+
+class _Skip(enum.Enum):
+    """What ``_hit_raw`` answers when Redis must not be used for this read."""
+
+    BYPASS = enum.auto()
+
+
+_BYPASS = _Skip.BYPASS
 
 #: Invalidations per ``invalidate_many`` call (bounds the time one script blocks Redis).
 MULTI_CHUNK = 200
-
-
-@dataclass(frozen=True, slots=True)
-class CacheResult(Generic[T]):
-    """A read's value (``None``: not found) and where it came from (``X-Cache``)."""
-
-    value: T | None
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    lease_ms: int = 3000
-    #: How long a process waits for another process's fill before loading itself.
-    lease_wait: float = 1.0
-    lease_poll: float = 0.02
-    #: Give up on filling when a load took longer than this (the tombstone must
-    #: outlive every load for the generation check to hold).
-    max_fill_age: float = 60.0
-    negative_caching: bool = True
-    #: Switch off the version guard (fills become plain SETs). For the stress test's
-    #: "can it fail" half only; never in production.
-    guard: bool = True
 
 
 class CacheService:
@@ -90,8 +88,14 @@ class CacheService:
         *,
         breaker: CircuitBreaker | None = None,
         config: CacheConfig | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self.backend = backend
+        #: The near-cache (L1), or None when it is off (ORDERCACHE_NEAR_CACHE).
+        self.near = near
+        if near is not None:
+            metrics.near_entries.set_function(near.__len__)
+            near.on_flush = lambda reason: metrics.near_flushes.labels(reason).inc()
         self.keys = keys
         self.ttls = ttls
         self.metrics = metrics
@@ -104,6 +108,16 @@ class CacheService:
             for r in ("hit", "miss", "bypass", "negative_hit")
         }
         self._get_seconds = {v: metrics.op_seconds.labels(v.value, "get") for v in View}
+        self._near_found = metrics.near_hits.hits
+        self._near_negative = metrics.near_hits.negative
+        self._hits = {v: self._req[(v, "hit")] for v in View}
+        # Entry keys of the hot paths from a per-view head: KeySpace.entry's enum and
+        # spec lookups cost more than the rest of a near-cache hit.
+        self._key_head = {v: keys.entry(v, 0).removesuffix("0}") for v in View}
+        assert all(f"{self._key_head[v]}7}}" == keys.entry(v, 7) for v in View)
+        self._negative_hits = {v: self._req[(v, "negative_hit")] for v in View}
+        self._early = EarlyRefresh(self)
+        self._get_many_seconds = {v: metrics.op_seconds.labels(v.value, "get_many") for v in View}
 
     # ------------------------------------------------------------ breaker glue
     @property
@@ -120,6 +134,9 @@ class CacheService:
     def _failed(self, view: View, op: str, exc: CacheError) -> None:
         self.breaker.failure()
         self.metrics.breaker_state.set(int(self.breaker.state))
+        if self.near is not None and self.breaker.degraded:
+            # Redis is treated as down: its invalidations may not reach us either.
+            self.near.flush("breaker")
         self.metrics.errors.labels(view.value, op).inc()
         log.warning("cache %s on %s failed: %s", op, view.value, exc)
 
@@ -153,26 +170,21 @@ class CacheService:
         eids = [validate_id(i) for i in ids]
         if not eids or not self.breaker.allow():
             return {}
+        view = spec.view
+        head = self._key_head[view]
         t0 = time.perf_counter()
         try:
-            raws = await self.backend.mget([self.keys.entry(spec.view, e) for e in eids])
+            raws = await self.backend.mget([f"{head}{e}}}" for e in eids])
         except CacheError as exc:
-            self._failed(spec.view, "get_many", exc)
+            self._failed(view, "get_many", exc)
             return {}
-        self.metrics.op_seconds.labels(spec.view.value, "get_many").observe(
-            time.perf_counter() - t0
-        )
+        self._get_many_seconds[view].observe(time.perf_counter() - t0)
         self._ok()
-        out: dict[int, T] = {}
-        for eid, raw in zip(eids, raws, strict=True):
-            if raw is not None:
-                try:
-                    value = spec.decode(raw)
-                except CorruptEntryError:
-                    continue
-                if value is not None:
-                    out[eid] = value
-        return out
+        return {
+            eid: value
+            for eid, value in zip(eids, spec.decode_many(raws), strict=True)
+            if value is not None
+        }
 
     async def get_or_load(
         self, spec: ViewSpec[T], entity_id: object, loader: Loader[T]
@@ -180,7 +192,24 @@ class CacheService:
         """Cache-aside read: Redis, else one (single-flight, leased) load and a guarded fill."""
         eid = validate_id(entity_id)
         view = spec.view
-        key = self.keys.entry(view, eid)
+        key = f"{self._key_head[view]}{eid}}}"  # == self.keys.entry(view, eid)
+        near = self.near
+        token = 0
+        if near is not None and near.live and not self.breaker.degraded:
+            entry = near.get(key)
+            if entry is not None and not entry.decoded:
+                try:
+                    entry.value, entry.decoded = CacheResult(spec.decode(entry.raw), "hit"), True
+                except CorruptEntryError:  # kept by a body read; never served
+                    near.invalidate((key,))
+                    entry = None
+            if entry is not None:
+                # the result is immutable: built once per entry, handed out as is
+                result: CacheResult[T] = entry.value
+                self._near_hit(view, result.value is not None)
+                return result
+            token = near.token()
+        # _hit_raw inlined: this is the hot path with the near-cache off
         if not self.breaker.allow():
             return await self._bypass(spec, eid, loader)
         t0 = time.perf_counter()
@@ -197,14 +226,98 @@ class CacheService:
             except CorruptEntryError:
                 log.warning("corrupt %s entry replaced", view.value)
             else:
-                self._req[(view, "hit" if value is not None else "negative_hit")].inc()
-                return CacheResult(value, "hit")
+                (self._hits if value is not None else self._negative_hits)[view].inc()
+                result = CacheResult(value, "hit")
+                if near is not None:
+                    kept = self._near_put(near, view, key, raw, token, value is None)
+                    if kept is not None:
+                        kept.value, kept.decoded = result, True
+                if self.config.xfetch_beta > 0:
+                    self._early.maybe(spec, eid, raw, loader)
+                return result
+        return await self._not_hit(spec, eid, key, loader)
+
+    async def get_or_load_body(
+        self, spec: ViewSpec[T], entity_id: object, loader: Loader[T]
+    ) -> BodyResult:
+        """:meth:`get_or_load` answering the view's JSON: a hit is the stored bytes as
+        they are (no decode, no re-encode); a miss is the loaded value encoded once."""
+        eid = validate_id(entity_id)
+        view = spec.view
+        key = f"{self._key_head[view]}{eid}}}"  # == self.keys.entry(view, eid)
+        near = self.near
+        token = 0
+        if near is not None and near.live and not self.breaker.degraded:
+            entry = near.get(key)
+            if entry is not None:
+                if not entry.sliced:
+                    entry.body, entry.sliced = BodyResult(entry_body(entry.raw), "hit"), True
+                answer: BodyResult = entry.body
+                self._near_hit(view, answer.body is not None)
+                return answer
+            token = near.token()
+        raw = await self._hit_raw(view, key)
+        if raw is _BYPASS:
+            result = await self._bypass(spec, eid, loader)
+        elif raw is not None:
+            try:
+                body = entry_body(raw)
+            except CorruptEntryError:
+                log.warning("corrupt %s entry replaced", view.value)
+            else:
+                self._req[(view, "hit" if body is not None else "negative_hit")].inc()
+                answer = BodyResult(body, "hit")
+                if near is not None:
+                    kept = self._near_put(near, view, key, raw, token, body is None)
+                    if kept is not None:
+                        kept.body, kept.sliced = answer, True
+                if self.config.xfetch_beta > 0:
+                    self._early.maybe(spec, eid, raw, loader)
+                return answer
+            result = await self._not_hit(spec, eid, key, loader)
+        else:
+            result = await self._not_hit(spec, eid, key, loader)
+        value = result.value
+        return BodyResult(
+            None if value is None else value.__pydantic_serializer__.to_json(value),
+            result.status,
+        )
+
+    def _near_hit(self, view: View, found: bool) -> None:
+        # plain integers, moved into the requests counter at each scrape (NearHits)
+        (self._near_found if found else self._near_negative)[view] += 1
+
+    def _near_put(
+        self, near: NearCache, view: View, key: str, raw: bytes, token: int, negative: bool
+    ) -> NearEntry | None:
+        # never longer than the Redis entry could live (Redis also broadcasts expiry)
+        ttl = self.ttls.negative if negative else self.ttls.base_seconds(view)
+        return near.put(key, raw, token, ttl=float(ttl))
+
+    async def _hit_raw(self, view: View, key: str) -> bytes | _Skip | None:
+        """The entry, ``None`` on a miss, or ``_BYPASS`` (breaker open or Redis error:
+        the caller serves from the database without touching Redis again)."""
+        if not self.breaker.allow():
+            return _BYPASS
+        t0 = time.perf_counter()
+        try:
+            raw = await self.backend.get(key)
+        except CacheError as exc:
+            self._failed(view, "get", exc)
+            return _BYPASS
+        self._get_seconds[view].observe(time.perf_counter() - t0)
+        self._ok()
+        return raw
+
+    async def _not_hit(
+        self, spec: ViewSpec[T], eid: int, key: str, loader: Loader[T]
+    ) -> CacheResult[T]:
         result, shared = await self._flight.do(
             key,
             lambda: self._miss(spec, eid, loader),  # type: ignore[arg-type]
         )
         if shared:
-            self.metrics.stampede_waits.labels(view.value, "singleflight").inc()
+            self.metrics.stampede_waits.labels(spec.view.value, "singleflight").inc()
         return result  # type: ignore[return-value]
 
     async def _bypass(self, spec: ViewSpec[T], eid: int, loader: Loader[T]) -> CacheResult[T]:
@@ -265,8 +378,9 @@ class CacheService:
         self._req[(view, "miss")].inc()
         started = time.monotonic()
         value = await self._load(view, eid, loader)
-        if time.monotonic() - started < self.config.max_fill_age:
-            await self._fill(spec, keys, gen, value, token if leased else "")
+        took = time.monotonic() - started
+        if took < self.config.max_fill_age:
+            await self._fill(spec, keys, gen, value, token if leased else "", took)
         return CacheResult(value, "miss")
 
     async def _wait_for_fill(self, spec: ViewSpec[T], key: str) -> CacheResult[T] | None:
@@ -291,6 +405,7 @@ class CacheService:
         gen: bytes | str,
         value: T | None,
         token: str,
+        took: float = 0.0,
     ) -> None:
         view = spec.view
         if self.breaker.degraded:
@@ -300,7 +415,13 @@ class CacheService:
                 return
             payload, version, ttl = encode_negative(0), 0, self.ttls.ttl_ms(view, negative=True)
         else:
-            payload, version, ttl = spec.encode(value), value.version, self.ttls.ttl_ms(view)  # type: ignore[attr-defined]
+            version, ttl = value.version, self.ttls.ttl_ms(view)  # type: ignore[attr-defined]
+            # the load time and expiry, for early refresh (xfetch.py)
+            payload = encode_value(
+                value,
+                delta_ms=max(1, round(took * 1000)),
+                expires_ms=int(time.time() * 1000) + ttl,
+            )
         t0 = time.perf_counter()
         try:
             if not self.config.guard:
@@ -427,7 +548,8 @@ def build_cache_service(
     timeout: float,
     breaker: CircuitBreaker | None = None,
     config: CacheConfig | None = None,
+    near: NearCache | None = None,
 ) -> CacheService:
     """A service over a redis-py asyncio client."""
     backend = RedisCacheBackend(client, timeout=timeout)  # type: ignore[arg-type]
-    return CacheService(backend, keys, ttls, metrics, breaker=breaker, config=config)
+    return CacheService(backend, keys, ttls, metrics, breaker=breaker, config=config, near=near)

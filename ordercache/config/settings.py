@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: text (Faust's format) or json (one object per line: ts, "
+        "level, logger, message, extras).",
+    )
 
     # --- Redis ----------------------------------------------------------------
     redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
@@ -243,6 +248,44 @@ class Settings(BaseSettings):
         5, description="Consecutive errors that open the breaker."
     )
     breaker_reset_seconds: PositiveSeconds = Field(2.0, description="Open time before a probe.")
+    near_cache: bool = Field(
+        False,
+        description="In-process near-cache (L1) kept coherent by Redis CLIENT TRACKING "
+        "(standalone/Sentinel only). Off: every read asks Redis.",
+    )
+    near_cache_max_entries: PositiveInt = Field(
+        10_000, description="Near-cache size bound (least recently used dropped)."
+    )
+    near_cache_ttl: PositiveSeconds = Field(
+        5.0,
+        description="Near-cache entry lifetime, seconds: how long a missed invalidation "
+        "could leave it stale (never beyond the view's Redis TTL).",
+    )
+    xfetch_beta: Annotated[float, Field(ge=0, le=10)] = Field(
+        1.0,
+        description="Probabilistic early refresh (XFetch) of hot entries before expiry: "
+        "beta > 1 refreshes earlier, 0 switches it off.",
+    )
+    warm: bool = Field(
+        True,
+        description="Warm the hot set when the worker starts against a cold or changed "
+        "Redis (empty, restarted, failed over).",
+    )
+    warm_rate: PositiveInt = Field(
+        200, description="Cache warming: most database loads per second (all workers share it)."
+    )
+    warm_batch: Annotated[int, Field(ge=1, le=1000)] = Field(
+        100, description="Cache warming: ids per batch (one database query, one lease)."
+    )
+    warm_orders: Annotated[int, Field(ge=0)] = Field(
+        2_000, description="Cache warming: newest and in-flight orders to warm."
+    )
+    warm_customers: Annotated[int, Field(ge=0)] = Field(
+        500, description="Cache warming: histories of the most active customers to warm."
+    )
+    warm_products: Annotated[int, Field(ge=0)] = Field(
+        0, description="Cache warming: product inventories to warm (0: every product)."
+    )
 
     # --- Redis Streams (tracking mirror and consumer groups) ----------------------
     stream_shards: Annotated[int, Field(ge=1, le=1024)] = Field(
@@ -334,6 +377,11 @@ class Settings(BaseSettings):
                     f"(the master comes from {p}REDIS_SENTINELS); unset it"
                 )
             parse_hostports(self.redis_sentinels, f"{p}REDIS_SENTINELS")
+        if self.redis_mode == "cluster" and self.near_cache:
+            raise ValueError(
+                f"{p}NEAR_CACHE: not available with {p}REDIS_MODE=cluster "
+                "(invalidation broadcasts are per node); unset it"
+            )
         if self.redis_mode == "cluster":
             if not self.redis_cluster_nodes and self.redis_url is None:
                 raise ValueError(

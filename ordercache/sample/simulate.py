@@ -111,6 +111,11 @@ class Simulator:
         self._pending: list[Any] = []
         self._prepared = False
 
+    @property
+    def open_orders(self) -> list[int]:
+        """Orders this simulator is still moving through their lifecycle."""
+        return list(self._open)
+
     # ------------------------------------------------------------------ setup
     async def prepare(self) -> None:
         """Make sure customers and stocked products exist; pick up open orders."""
@@ -385,10 +390,16 @@ async def run_simulation(
     events: int | None = None,
     form: Literal["envelope", "outbox"] = "envelope",
     seed: int | None = None,
+    on_start: Callable[[Simulator], object] | None = None,
 ) -> SimulationStats:
-    """The ``ordercache simulate`` command: schema, producer, simulator, run."""
+    """The ``ordercache simulate`` command: schema, producer, simulator, run.
+
+    ``on_start`` gets the simulator before it runs (progress reporting reads its stats).
+    """
     await create_schema(engine)
     producer = ChangeEventProducer(bootstrap_servers, topics, form=form)
     async with producer:
         sim = Simulator(engine, producer, rate if rate > 0 else math.inf, seed=seed)
+        if on_start is not None:
+            on_start(sim)
         return await sim.run(duration=duration, events=events)

@@ -2,25 +2,24 @@
 
 One :class:`StreamConsumer` per global shard, all in one consumer group, so several
 notifier processes share the work and take over each other's entries after a crash.
-Run it with ``python -m ordercache.streams.notifier`` (settings from ``ORDERCACHE_*``).
+Run it with ``ordercache notify`` (settings from ``ORDERCACHE_*``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import signal
 import socket
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ordercache.cache.keys import KeySpace
-from ordercache.config.settings import Settings, load_settings
-from ordercache.errors import ConfigError, DecodeError
+from ordercache.config.settings import Settings
+from ordercache.errors import DecodeError
 from ordercache.redisconn.client import AnyRedis, create_redis
 from ordercache.streams.config import ConsumerConfig
 from ordercache.streams.consumer import RejectEntry, StreamConsumer, StreamMessage
@@ -91,26 +90,16 @@ class Notifier:
         await asyncio.gather(*(c.stop(timeout) for c in self.consumers))
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ordercache.streams.notifier",
-        description="Log a line when an order is out for delivery or delivered.",
-    )
-    parser.add_argument("--group", default="notifier", help="Consumer group (default: notifier).")
-    parser.add_argument("--consumer", default=None, help="Consumer name (default: host-pid).")
-    parser.add_argument(
-        "--from-start",
-        action="store_true",
-        help="A new group starts at the oldest retained entry instead of new ones only.",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="Serve the consumer's Prometheus metrics (dead letters, claims, lag, pending) "
-        "on this port (default: off).",
-    )
-    return parser.parse_args(argv)
+@dataclass(frozen=True, slots=True)
+class NotifierOptions:
+    """The ``ordercache notify`` options."""
+
+    group: str = "notifier"
+    consumer: str | None = None
+    #: A new group starts at the oldest retained entry instead of new ones only.
+    from_start: bool = False
+    #: Serve the consumer's Prometheus metrics on this port (0: off).
+    metrics_port: int = 0
 
 
 def _blocking_settings(settings: Settings, block_ms: int) -> Settings:
@@ -124,7 +113,7 @@ def _blocking_settings(settings: Settings, block_ms: int) -> Settings:
     )
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> None:
+async def run(settings: Settings, args: NotifierOptions) -> None:
     """Run the notifier until SIGINT or SIGTERM."""
     registry = CollectorRegistry()
     config = ConsumerConfig.from_settings(settings, start_id="0" if args.from_start else "$")
@@ -152,28 +141,3 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
     finally:
         await notifier.stop()
         await handle.close()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m ordercache.streams.notifier``."""
-    args = _parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"notifier: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if settings.redis_is_local:
-        print(
-            "notifier: set ORDERCACHE_REDIS_URL or ORDERCACHE_REDIS_HOST "
-            "(the Redis the worker mirrors into)",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    asyncio.run(run(settings, args))
-
-
-if __name__ == "__main__":
-    main()

@@ -127,6 +127,7 @@ class RedisCollector:
             "Failed key lookups in Redis (server counter).",
             value=info.keyspace_misses,
         )
+        yield from self._capacity_and_durability()
         pool = GaugeMetricFamily(
             "ordercache_redis_pool_connections",
             "Connections of this process's Redis pool: in use, idle, and the maximum.",
@@ -140,6 +141,45 @@ class RedisCollector:
         for state in ("in_use", "idle", "max"):
             pool.add_metric([state], float(stats.get(state, 0)))
         yield pool
+
+    def _capacity_and_durability(self) -> Iterator[Metric]:
+        """Client capacity, replication and persistence: the alerts of docs/runbook.md."""
+        info = self.monitor.info
+        yield GaugeMetricFamily(
+            "ordercache_redis_maxclients",
+            "Redis maxclients (0: unknown).",
+            value=info.maxclients,
+        )
+        yield CounterMetricFamily(
+            "ordercache_redis_rejected_connections",
+            "Connections Redis refused because of maxclients (server counter).",
+            value=info.rejected_connections,
+        )
+        yield GaugeMetricFamily(
+            "ordercache_redis_connected_replicas",
+            "Replicas connected to the Redis primary (connected_slaves).",
+            value=info.connected_replicas,
+        )
+        yield GaugeMetricFamily(
+            "ordercache_redis_replication_link_up",
+            "0 when a replication link is broken (replica: master_link_status; "
+            "primary: a replica not online), else 1.",
+            value=1.0 if info.replication_link_up else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "ordercache_redis_replication_lag_seconds",
+            "Largest replica lag (primary) or seconds since the last I/O with the primary "
+            "(replica).",
+            value=info.replication_lag_seconds,
+        )
+        persistence = GaugeMetricFamily(
+            "ordercache_redis_persistence_ok",
+            "1 when the last RDB save (kind=rdb) or AOF write (kind=aof) succeeded, else 0.",
+            labels=["kind"],
+        )
+        persistence.add_metric(["rdb"], 1.0 if info.rdb_ok else 0.0)
+        persistence.add_metric(["aof"], 1.0 if info.aof_ok else 0.0)
+        yield persistence
 
 
 def install_faust_sensors(app: faust.App, registry: CollectorRegistry) -> FaustMetrics:

@@ -11,15 +11,16 @@ History pages inside the cached window (the newest ``HISTORY_CACHED_ORDERS``
 orders) are sliced from the cached view; a page reaching beyond it is read from the
 database only (``X-Cache: bypass``).
 
-:class:`ReadApi` holds the logic and returns a :class:`Reply`; the Faust views
-around it only translate to HTTP.
+The reading itself is :class:`~ordercache.read.ViewReader`'s, the same object
+``ordercache.Reader`` gives other services (one way to read); :class:`ReadApi` turns
+its answers into a :class:`Reply` and the Faust views around it into HTTP.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,61 +30,36 @@ from faust import web
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from ordercache.cache.interface import Cache
 from ordercache.cache.keys import validate_id
-from ordercache.cache.views import HISTORY, INVENTORY, ORDER, View, ViewSpec
-from ordercache.db.loaders import DbLoaders
-from ordercache.errors import InvalidIdError, OrderCacheError
-from ordercache.models.views import HISTORY_CACHED_ORDERS, CustomerOrderHistory
+from ordercache.cache.views import View
+from ordercache.errors import InvalidIdError
+from ordercache.read import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    InvalidParamError,
+    Page,
+    Read,
+    ViewReader,
+    parse_page,
+)
 from ordercache.web.metrics import WebMetrics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = HISTORY_CACHED_ORDERS
-MAX_OFFSET = 1_000_000
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_OFFSET",
+    "InvalidParamError",
+    "Page",
+    "ReadApi",
+    "Reply",
+    "parse_page",
+    "register",
+]
 
 JSON = "application/json"
-
-
-class InvalidParamError(OrderCacheError, ValueError):
-    """A query parameter is malformed or out of range."""
-
-    def __init__(self, name: str, detail: str) -> None:
-        super().__init__(f"{name}: {detail}")
-        self.name = name
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A page of a customer's history."""
-
-    limit: int = DEFAULT_LIMIT
-    offset: int = 0
-
-    def within(self, cached: int = HISTORY_CACHED_ORDERS) -> bool:
-        """Does the page lie inside the cached first ``cached`` orders?"""
-        return self.offset + self.limit <= cached
-
-
-def _parse_int(name: str, raw: str | None, default: int, lo: int, hi: int) -> int:
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise InvalidParamError(name, f"expected an integer from {lo} to {hi}")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise InvalidParamError(name, f"expected an integer from {lo} to {hi}")
-    return value
-
-
-def parse_page(query: Mapping[str, str]) -> Page:
-    """``limit`` (1..MAX_LIMIT, default 20) and ``offset`` (0..MAX_OFFSET) from a query."""
-    return Page(
-        limit=_parse_int("limit", query.get("limit"), DEFAULT_LIMIT, 1, MAX_LIMIT),
-        offset=_parse_int("offset", query.get("offset"), 0, 0, MAX_OFFSET),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,78 +79,63 @@ def _model_json(value: BaseModel) -> bytes:
     return value.__pydantic_serializer__.to_json(value)
 
 
-def _history_json(history: CustomerOrderHistory, page: Page, *, sliced: bool) -> bytes:
-    orders = history.orders[page.offset : page.offset + page.limit] if sliced else history.orders
-    return orjson.dumps(
-        {
-            "customer_id": history.customer_id,
-            "version": history.version,
-            "total_orders": history.total_orders,
-            "limit": page.limit,
-            "offset": page.offset,
-            "orders": [o.model_dump(mode="json") for o in orders],
-        }
-    )
-
-
 #: Database failures turned into 503 at this boundary (no stack trace to the client).
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
 class ReadApi:
-    """The three reads, independent of HTTP."""
+    """The three reads as HTTP replies, over the shared :class:`ViewReader`."""
 
-    def __init__(self, cache: Cache, loaders: DbLoaders) -> None:
-        self.cache = cache
-        self.loaders = loaders
+    def __init__(self, reader: ViewReader) -> None:
+        self.reader = reader
 
     async def order(self, raw_id: str) -> Reply:
-        return await self._single(ORDER, self.loaders.order, raw_id, "order not found")
-
-    async def inventory(self, raw_id: str) -> Reply:
-        return await self._single(
-            INVENTORY, self.loaders.inventory, raw_id, "product inventory not found"
+        return await self._reply(
+            View.ORDER, lambda: self.reader.order_json(raw_id), "order not found", raw_id
         )
 
-    async def _single(self, spec: ViewSpec[Any], loader: Any, raw_id: str, not_found: str) -> Reply:
-        """One view by id: 400 for a bad id, 404 for an unknown one, 503 if the DB fails."""
-        try:
-            eid = validate_id(raw_id)
-            result = await self.cache.get_or_load(spec, eid, loader)
-        except InvalidIdError as exc:
-            return _error(400, "invalid id", detail=str(exc))
-        except DB_ERRORS as exc:
-            return self._db_down(spec.view, exc)
-        if result.value is None:
-            return Reply(404, orjson.dumps({"error": not_found, "id": eid}), result.status)
-        return Reply(200, _model_json(result.value), result.status)
+    async def inventory(self, raw_id: str) -> Reply:
+        return await self._reply(
+            View.INVENTORY,
+            lambda: self.reader.inventory_json(raw_id),
+            "product inventory not found",
+            raw_id,
+        )
 
     async def history(self, raw_id: str, query: Mapping[str, str]) -> Reply:
         try:
-            eid = validate_id(raw_id)
             page = parse_page(query)
-        except InvalidIdError as exc:
-            return _error(400, "invalid id", detail=str(exc))
         except InvalidParamError as exc:
             return _error(400, "invalid parameter", parameter=exc.name, detail=exc.detail)
-        try:
-            if page.within():
-                result = await self.cache.get_or_load(HISTORY, eid, self.loaders.cached_history)
-                value, status, sliced = result.value, result.status, True
-            else:
-                # Beyond the cached window: the database serves the page itself.
-                value = await self.loaders.history(eid, limit=page.limit, offset=page.offset)
-                status, sliced = "bypass", False
-        except DB_ERRORS as exc:
-            return self._db_down(View.HISTORY, exc)
-        if value is None:
-            return Reply(404, orjson.dumps({"error": "customer not found", "id": eid}), status)
-        return Reply(200, _history_json(value, page, sliced=sliced), status)
+        return await self._reply(
+            View.HISTORY,
+            lambda: self.reader.history_page(raw_id, page),
+            "customer not found",
+            raw_id,
+        )
 
-    @staticmethod
-    def _db_down(view: View, exc: BaseException) -> Reply:
-        log.warning("database load of %s failed: %s", view.value, type(exc).__name__)
-        return _error(503, "database unavailable", view=view.value)
+    async def _reply(
+        self,
+        view: View,
+        read: Callable[[], Awaitable[Read[Any]]],
+        not_found: str,
+        raw_id: str,
+    ) -> Reply:
+        """400 for a bad id, 404 for an unknown one, 503 if the database fails."""
+        try:
+            result = await read()
+        except InvalidIdError as exc:
+            return _error(400, "invalid id", detail=str(exc))
+        except DB_ERRORS as exc:
+            log.warning("database load of %s failed: %s", view.value, type(exc).__name__)
+            return _error(503, "database unavailable", view=view.value)
+        if result.value is None:
+            eid = validate_id(raw_id)
+            return Reply(404, orjson.dumps({"error": not_found, "id": eid}), result.cache)
+        value = result.value
+        # order and inventory come as their stored JSON (the response body as is)
+        body = value if isinstance(value, bytes) else _model_json(value)
+        return Reply(200, body, result.cache)
 
 
 def register(app: faust.App, api: ReadApi, metrics: WebMetrics) -> None:

@@ -157,6 +157,7 @@ class StatsReporter:
         breaker: CircuitBreaker,
         pipeline: ChangePipeline | None = None,
         dlq_counts: DlqCounts | None = None,
+        warming: Callable[[], dict[str, Any]] | None = None,
         thresholds: StatsThresholds | None = None,
         window: SampleWindow | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -167,6 +168,8 @@ class StatsReporter:
         self.breaker = breaker
         self.pipeline = pipeline
         self.dlq_counts = dlq_counts
+        #: Cache warming's progress (None: warming is off).
+        self.warming = warming
         self.thresholds = thresholds or StatsThresholds()
         self.window = window or SampleWindow()
         self.clock = clock
@@ -200,6 +203,7 @@ class StatsReporter:
             "cache": {"breaker": self.breaker.state.name.lower().replace("_", "-")},
             "pipeline": self._pipeline(d, current, gauges),
             "streams": self._streams(gauges),
+            "warming": None if self.warming is None else self.warming(),
             "thresholds": asdict(self.thresholds),
         }
 

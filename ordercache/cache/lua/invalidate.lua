@@ -21,7 +21,7 @@ if not cur then
   return 0
 end
 if version then
-  local cv = tonumber(string.match(cur, '^[vn](%d+)|'))
+  local cv = tonumber(string.match(cur, '^[vn](%d+)[|:]'))
   if cv and cv >= version and string.sub(cur, 1, 1) == 'v' then
     return 0
   end

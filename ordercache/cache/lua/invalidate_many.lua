@@ -26,7 +26,7 @@ for i = 1, #KEYS / 3 do
   if cur then
     local keep = false
     if version then
-      local cv = tonumber(string.match(cur, '^[vn](%d+)|'))
+      local cv = tonumber(string.match(cur, '^[vn](%d+)[|:]'))
       keep = cv ~= nil and cv >= version and string.sub(cur, 1, 1) == 'v'
     end
     if not keep then

@@ -11,7 +11,7 @@ if version < floor then
 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local cv = tonumber(string.match(cur, '^[vn](%d+)|'))
+  local cv = tonumber(string.match(cur, '^[vn](%d+)[|:]'))
   if cv and cv >= version and string.sub(cur, 1, 1) == 'v' then
     return 0
   end

@@ -1,0 +1,96 @@
+"""``ordercache.Reader``: the public read entry point, against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+
+import ordercache
+from ordercache.config.settings import Settings
+from ordercache.errors import ConfigError, InvalidIdError
+from ordercache.local.services import ManagedProcess
+from ordercache.models.orm import Customer, Order
+from ordercache.read import InvalidParamError
+from tests.conftest import make_settings, unique
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+async def _customer_with_orders(reader: ordercache.Reader, n: int) -> tuple[int, list[int]]:
+    sessions = reader._ctx.sessions
+    async with sessions() as s, s.begin():
+        cust = Customer(email=f"{unique('c')}@example.com", name="Ada")
+        s.add(cust)
+        await s.flush()
+        rows = [
+            {
+                "customer_id": cust.id,
+                "status": "paid",
+                "total_cents": 100 + i,
+                "currency": "EUR",
+                "created_at": NOW + timedelta(minutes=i),
+                "updated_at": NOW + timedelta(minutes=i),
+                "version": 1,
+            }
+            for i in range(n)
+        ]
+        ids = list((await s.execute(insert(Order).returning(Order.id), rows)).scalars())
+        return cust.id, ids
+
+
+async def test_reader_reads_the_three_views_through_the_cache(
+    settings: Settings, redis_raw: Any
+) -> None:
+    async with ordercache.Reader.from_settings(settings) as r:
+        customer, orders = await _customer_with_orders(r, 105)
+        first = await r.order(orders[0])
+        assert first.cache == "miss" and first.value is not None
+        assert first.value.order_id == orders[0]
+        again = await r.order(str(orders[0]))
+        assert again.cache == "hit" and again.value == first.value
+
+        page = await r.history(customer, limit=10)
+        assert page.cache == "miss" and page.value is not None
+        assert page.value.total_orders == 105 and len(page.value.orders) == 10
+        assert page.value.orders[0].order_id == orders[-1]  # newest first
+        assert (await r.history(customer, limit=10, offset=90)).cache == "hit"
+        beyond = await r.history(customer, limit=10, offset=100)  # past the cached 100
+        assert beyond.cache == "bypass" and beyond.value is not None
+        assert [o.order_id for o in beyond.value.orders] == sorted(orders[:5], reverse=True)
+
+        unknown = await r.inventory(10**15)
+        assert unknown.value is None and unknown.cache == "miss"
+        with pytest.raises(InvalidIdError):
+            await r.order("0x10")
+        with pytest.raises(InvalidParamError):
+            await r.history(customer, limit=0)
+    # closed: the pools are gone
+    assert r._closed
+
+
+async def test_reader_bypasses_a_dead_redis(
+    settings: Settings, private_redis: ManagedProcess
+) -> None:
+    s = make_settings(
+        redis_url=f"redis://{private_redis.url}/0",
+        redis_key_prefix=settings.redis_key_prefix,
+        database_url=settings.database_dsn,
+        data_dir=settings.data_dir,
+        redis_connect_timeout=0.2,
+        redis_read_timeout=0.2,
+        redis_retry_attempts=0,
+    )
+    async with ordercache.Reader.from_settings(s) as r:
+        _, orders = await _customer_with_orders(r, 1)
+        assert (await r.order(orders[0])).cache == "miss"
+        private_redis.kill()
+        read = await r.order(orders[0])
+        assert read.cache == "bypass" and read.value is not None
+
+
+def test_from_env_names_a_bad_variable() -> None:
+    with pytest.raises(ConfigError, match="ORDERCACHE_REDIS_PORT"):
+        ordercache.Reader.from_env({"ORDERCACHE_REDIS_PORT": "x"})
