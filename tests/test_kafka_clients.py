@@ -30,8 +30,11 @@ async def test_a_start_cancelled_at_any_point_leaks_no_connection(kafka_broker: 
                 task.result()
                 break
             task.cancel()
-            with pytest.raises(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                continue
+            break  # cancelled during its very last step, which completed anyway
         else:
             pytest.fail("ensure_topics never completed")
         # the abandoned starts end and are closed in the background
