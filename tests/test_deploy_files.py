@@ -31,6 +31,7 @@ import redis
 import yaml
 
 from ordercache.config.settings import ENV_PREFIX, Settings, load_settings
+from ordercache.health.eviction import EvictionPolicy, eviction_risk
 from ordercache.local.services import free_port, wait_for_port
 from tests.ops_contract import (
     BUILTIN_SERIES,
@@ -410,20 +411,22 @@ def test_redis_conf_loads(tmp_path: Path) -> None:
         proc.terminate()
         output = proc.communicate(timeout=10)[0].decode(errors="replace")
     assert config, f"redis-server did not start with redis.conf:\n{output}"
-    assert config["maxmemory-policy"] == "volatile-lru"
+    assert config["maxmemory-policy"] == "noeviction"
     assert int(config["maxmemory"]) > 0
-    assert int(config["maxmemory-samples"]) >= 5
     assert config["appendfsync"] == "everysec"
 
 
-def test_redis_conf_policy_keeps_streams() -> None:
+def test_redis_conf_policy_evicts_nothing() -> None:
     directives = dict(
         line.split(None, 1)
         for line in strip_comments(REDIS_CONF.read_text()).splitlines()
         if line.strip()
     )
-    # Streams carry no TTL: only a volatile-* policy can never evict them.
-    assert directives["maxmemory-policy"].startswith("volatile-")
+    # Guards and the mirror's dedupe state carry TTLs, streams do not: any volatile-*
+    # or allkeys-* policy can evict something correctness depends on; the readiness
+    # check agrees.
+    policy = directives["maxmemory-policy"]
+    assert eviction_risk([EvictionPolicy(policy, 1 << 28)]) is None
     assert directives["appendonly"] == "yes"
 
 

@@ -7,9 +7,11 @@ own rows, so the tests do not see each other's entries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,7 +229,11 @@ async def test_duplicates_and_reordering_leave_the_newest_version(env: Any) -> N
     assert cached is not None and cached.version == 5
 
 
-async def read_dlq(bootstrap: str, topic: str, want: int) -> list[DeadLetter]:
+async def read_dlq(
+    bootstrap: str, topic: str, want: int, header: tuple[str, bytes] | None = None
+) -> list[DeadLetter]:
+    """The first ``want`` dead letters on ``topic`` (only those carrying ``header``: the
+    module's tests share the topic and run in any order)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
@@ -239,7 +245,8 @@ async def read_dlq(bootstrap: str, topic: str, want: int) -> list[DeadLetter]:
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
                 for r in recs:
-                    out.append(DeadLetter.from_record(r.key, r.value, list(r.headers)))
+                    if header is None or header in r.headers:
+                        out.append(DeadLetter.from_record(r.key, r.value, list(r.headers)))
     finally:
         await consumer.stop()
     return out
@@ -252,6 +259,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_around_them_apply(
     topic = settings.topic_inventory
     base = 800_000_000 + (hash(unique()) % 1_000_000)
     good = [base + i for i in range(3)]
+    trace = ("trace", unique("t-").encode())
     bad = [
         (b"{not json", "invalid_json"),
         (json.dumps({"op": "u", "after": {"product_id": 5, "available": "lots"}, "source": {"table": "inventory"}}).encode(), "schema_mismatch"),
@@ -262,7 +270,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_around_them_apply(
         topic, str(good[0]).encode(), inventory_envelope(good[0], 1, 1, sku="G")
     )
     for value, _ in bad:
-        await producer.send_raw(topic, b"42", value, headers=[("trace", b"t-1")])
+        await producer.send_raw(topic, b"42", value, headers=[trace])
     await producer.send_raw(
         topic, str(good[1]).encode(), inventory_envelope(good[1], 1, 1, sku="G")
     )
@@ -276,7 +284,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_around_them_apply(
         return len(got) == 3
 
     await eventually(good_applied)
-    letters = await read_dlq(kafka_broker, settings.topic_dlq, len(bad))
+    letters = await read_dlq(kafka_broker, settings.topic_dlq, len(bad), trace)
     assert sorted(dl.reason for dl in letters) == sorted(r for _, r in bad)
     by_reason = {dl.reason: dl for dl in letters}
     for value, reason in bad:
@@ -284,7 +292,7 @@ async def test_bad_events_go_to_dlq_and_good_ones_around_them_apply(
         assert dl.value == value and dl.bound is None  # the original bytes, unchanged
         assert dl.key == b"42"
         assert dl.topic == topic and dl.offset is not None and dl.partition is not None
-        assert ("trace", b"t-1") in dl.headers
+        assert trace in dl.headers
     tomb = pipeline.metrics.events.labels(topic, "tombstone")._value.get()
     assert tomb >= 1
 
@@ -461,6 +469,84 @@ async def test_recent_invalidations_are_reapplied_after_a_redis_failover(
         await ctx.aclose()
         if restarted is not None:
             restarted.cleanup()
+
+
+async def test_recent_tracking_records_are_remirrored_after_a_redis_failover(
+    env: Any, kafka_broker: str, private_redis: ManagedProcess
+) -> None:
+    """Tracking appends lost with a failed-over server are mirrored again, and only
+    those: a new server that kept them gets nothing twice (the mirror's dedupe)."""
+    from ordercache.agents.tracking import mirror_hook
+    from ordercache.app.wiring import build_mirror
+
+    settings, _, _, producer = env
+    own = settings.model_copy(
+        update={"redis_url": SecretStr(f"redis://{private_redis.url}/0"), "app_id": unique("oc-")}
+    )
+    ctx = AppContext.build(own)
+    mirror = build_mirror(ctx)
+    pipeline = build_pipeline(ctx, [kafka_broker], hooks=[mirror_hook(mirror)])
+    # a window no slow machine outlasts: both replays must still hold all three records
+    pipeline.config = dataclasses.replace(pipeline.config, reapply_window=600.0)
+    await pipeline.start()
+    servers: list[ManagedProcess] = []
+    order_id = 610_000_000 + (hash(unique()) % 1_000_000)
+    stream = mirror.layout.order_stream(order_id)
+    statuses = [b"in_transit", b"out_for_delivery", b"delivered"]
+
+    async def entries() -> list[bytes]:
+        client = aioredis.Redis.from_url(f"redis://{private_redis.url}/0")
+        try:
+            return [e[1][b"status"] for e in await client.xrange(stream)]
+        finally:
+            await client.aclose()
+
+    async def failover(workdir: Path | None) -> None:
+        """Replace the server (new run_id) and wait until the replay reached the mirror.
+        The pipeline also remembers other tests' tracking records (its group reads the
+        shared topic from the start): only "more than before" is certain."""
+        before = pipeline.metrics.remirrored._value.get()
+        (servers.pop() if servers else private_redis).kill()
+        servers.append(start_redis_server(port=private_redis.port, workdir=workdir))
+
+        async def remirrored() -> bool:
+            return pipeline.metrics.remirrored._value.get() > before
+
+        await eventually(remirrored)
+
+    try:
+        for i, status in enumerate(statuses, start=1):
+            await producer.send_raw(
+                settings.topic_tracking,
+                str(order_id).encode(),
+                tracking_envelope(i, order_id, status.decode()),
+            )
+
+        async def mirrored() -> bool:
+            return await entries() == statuses
+
+        await eventually(mirrored)
+        # let the watcher see the current server's identity first (it checks every 2 s)
+        await asyncio.sleep(pipeline.config.failover_check_interval + 0.5)
+
+        # 1. A new server that kept everything (restarted from a snapshot): the replay
+        #    reaches the mirror, which adds nothing.
+        snap = aioredis.Redis.from_url(f"redis://{private_redis.url}/0")
+        await snap.save()
+        await snap.aclose()
+        await failover(private_redis.workdir)
+        assert await entries() == statuses
+
+        # 2. A new server that lost them (promoted without the newest writes): they
+        #    come back, each once.
+        await asyncio.sleep(pipeline.config.failover_check_interval + 0.5)
+        await failover(None)
+        assert await entries() == statuses
+    finally:
+        await pipeline.stop()
+        await ctx.aclose()
+        for server in servers:
+            server.cleanup()
 
 
 def inventory_view(pid: int, version: int) -> Any:

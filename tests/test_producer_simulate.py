@@ -7,6 +7,7 @@ against the committed rows.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import subprocess
@@ -77,6 +78,27 @@ async def make_topics(broker: str, partitions: int = 3) -> Topics:
     return topics
 
 
+async def partitions(broker: str, topics: list[str], timeout: float = 30.0) -> dict[str, list[int]]:
+    """Each topic's partitions, once the broker's metadata has them all (a topic the
+    producer just created may not be listed, or have no partitions yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = {
+                d["topic"]: sorted(p["partition"] for p in d["partitions"])
+                for d in await admin.describe_topics(topics)
+                if d["error_code"] == 0
+            }
+            if all(found.get(t) for t in topics):
+                return {t: found[t] for t in topics}
+            assert asyncio.get_running_loop().time() < deadline, f"no metadata: {found}"
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
 async def read_all(broker: str, topics: list[str]) -> list[Any]:
     """Every message now in ``topics``, in offset order per partition."""
     consumer = AIOKafkaConsumer(
@@ -84,10 +106,10 @@ async def read_all(broker: str, topics: list[str]) -> list[Any]:
     )
     await consumer.start()
     try:
-        await consumer.topics()  # load metadata
         tps = [
-            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))
-        ]
+            TopicPartition(t, p) for t, parts in (await partitions(broker, topics)).items()
+            for p in parts
+        ]  # fmt: skip
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -300,7 +322,6 @@ def test_simulate_command(kafka_broker: str, pg_schema: str, tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "events in" in proc.stdout
-    import asyncio
 
     records = asyncio.run(
         read_all(kafka_broker, [topics.orders, topics.inventory, topics.tracking])

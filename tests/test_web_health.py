@@ -321,7 +321,11 @@ async def test_broker_hung_is_not_ready(ctx: AppContext) -> None:
     try:
         await pipeline.start()
         await _wait_assigned(pipeline)
-        assert (await checker.ready()).status == "ok"
+        # Healthy first (a busy machine may need more than one try within the budget).
+        deadline = asyncio.get_running_loop().time() + 30
+        while (before := await checker.ready()).status != "ok":
+            assert asyncio.get_running_loop().time() < deadline, before.as_dict()
+            await asyncio.sleep(0.2)
 
         os.kill(tansu.proc.pid, signal.SIGSTOP)
         try:

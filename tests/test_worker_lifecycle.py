@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,3 +181,18 @@ def test_worker_stopped_during_local_start_up_leaves_no_processes(worker: Worker
     assert len(children) == 2, children
     rc = worker.stop(signal.SIGTERM)
     _assert_clean_exit(worker, rc, children, started=False)
+
+
+def test_worker_killed_with_sigkill_leaves_no_processes(worker: Worker) -> None:
+    # No handler runs on SIGKILL: the kernel itself must end the children
+    # (PR_SET_PDEATHSIG), and the private Redis works in the data directory.
+    worker.wait_for(READY)
+    children = worker.children()
+    kinds = sorted("redis-server" if "redis-server" in c else "tansu" for c in children.values())
+    assert kinds == ["redis-server", "tansu"], children
+    rc = worker.stop(signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while (left := {p: c for p, c in children.items() if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == {}, f"processes left behind: {left}"

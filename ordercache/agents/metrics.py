@@ -21,6 +21,7 @@ class PipelineMetrics:
     retries: Counter
     batch_size: Histogram
     reapplied: Counter
+    remirrored: Counter
     unresolved: Counter
 
     def declare_dead_letters(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
@@ -87,6 +88,12 @@ class PipelineMetrics:
             reapplied=Counter(
                 "ordercache_invalidations_reapplied",
                 "Recent cache operations re-applied after a Redis restart or failover.",
+                registry=registry,
+            ),
+            remirrored=Counter(
+                "ordercache_tracking_remirrored",
+                "Recent tracking records given to the stream mirror again after a Redis "
+                "restart or failover (the mirror appends only what the server lost).",
                 registry=registry,
             ),
             unresolved=Counter(

@@ -18,8 +18,10 @@ the target. Owning the commit gives at-least-once by construction:
   and idempotent.
 
 After a Redis restart or failover (a new ``run_id``), the operations applied in the
-last ``reapply_window`` seconds are applied again: asynchronous replication may have
-dropped the newest writes.
+last ``reapply_window`` seconds are applied again, and the tracking records of that
+window are given to the batch hooks again (the stream mirror): asynchronous
+replication may have dropped the newest writes. The mirror's dedupe state makes the
+replay add only what the new server lacks.
 
 Starting needs no broker: the service connects in the background, retrying with
 backoff, so a worker started while the broker is down reports not ready and begins
@@ -55,6 +57,7 @@ from ordercache.agents.batch import (
     plan_batch,
 )
 from ordercache.agents.dlq import DlqRecord, bounded
+from ordercache.agents.kafka_clients import start_or_close
 from ordercache.agents.metrics import PipelineMetrics
 from ordercache.agents.progress import (
     ProgressGauges,
@@ -68,6 +71,7 @@ from ordercache.cache.interface import Cache
 from ordercache.cache.ops import CacheOp
 from ordercache.errors import OrderCacheError
 from ordercache.retry import Backoff
+from ordercache.streams.entry import TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +154,7 @@ class ChangePipeline(mode.Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._recent: deque[tuple[float, CacheOp]] = deque()
+        self._recent_tracking: deque[tuple[float, TrackingRecord]] = deque()
         self._run_id: bytes | None = None
         self.batches = 0
         self.assigned: set[TopicPartition] = set()
@@ -228,13 +233,14 @@ class ChangePipeline(mode.Service):
             fetch_max_wait_ms=c.fetch_max_wait_ms,
             metadata_max_age_ms=c.metadata_max_age_ms,
         )
+        # A start cut short is closed by start_or_close (aiokafka's bootstrap leaks
+        # its connection when cancelled half-way, so it is never cancelled).
+        await start_or_close(producer.start(), producer.stop)
         try:
-            await producer.start()
-            await consumer.start()
+            await start_or_close(consumer.start(), consumer.stop)
         except BaseException:
-            for client in (consumer, producer):
-                with contextlib.suppress(Exception):
-                    await client.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
             raise
         self._producer, self._consumer = producer, consumer
 
@@ -320,6 +326,8 @@ class ChangePipeline(mode.Service):
             self._remember(bp.ops)
         for hook in self._hooks:
             await hook(bp)
+        if bp.tracking and self._hooks:
+            self._remember_tracking(bp.tracking)
 
     async def _retrying(self, fn: Callable[[], Awaitable[object]]) -> bool:
         """Run ``fn`` until it succeeds; back off on retriable errors; False if stopping."""
@@ -498,8 +506,10 @@ class ChangePipeline(mode.Service):
             # The first identity seen counts as a change when operations were applied
             # before it (they may have gone to a server that is gone now); re-applying
             # is idempotent, so erring this way is cheap.
-            if run_id != self._run_id and (self._run_id is not None or self._recent):
+            remembered = bool(self._recent or self._recent_tracking)
+            if run_id != self._run_id and (self._run_id is not None or remembered):
                 await self.reapply_recent()
+                await self.remirror_recent()
             self._run_id = run_id
 
     async def reapply_recent(self) -> int:
@@ -518,11 +528,44 @@ class ChangePipeline(mode.Service):
                 self.metrics.reapplied.inc(len(chunk))
         return len(ops)
 
+    def _remember_tracking(self, records: Sequence[TrackingRecord]) -> None:
+        now = time.monotonic()
+        horizon = now - self.config.reapply_window
+        recent = self._recent_tracking
+        recent.extend((now, rec) for rec in records)
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+
+    async def remirror_recent(self) -> int:
+        """Give the tracking records of the last ``reapply_window`` seconds to the batch
+        hooks again, in chunks (retried like a batch); returns how many.
+
+        Each partition's records go in offset order, once (a redelivered batch is
+        remembered twice): the mirror skips what the new server still has (watermark,
+        event-id dedupe) and appends what it lost, so each event stays in the streams
+        exactly once.
+        """
+        horizon = time.monotonic() - self.config.reapply_window
+        while self._recent_tracking and self._recent_tracking[0][0] < horizon:
+            self._recent_tracking.popleft()
+        unique = {(r.source, r.offset): r for _, r in self._recent_tracking}
+        records = [unique[k] for k in sorted(unique)]
+        if not records:
+            return 0
+        log.warning("Redis changed identity: re-mirroring %d recent tracking records", len(records))
+        for start in range(0, len(records), REAPPLY_CHUNK):
+            chunk = BatchPlan(tracking=records[start : start + REAPPLY_CHUNK])
+            for hook in self._hooks:
+                if not await self._retrying(functools.partial(hook, chunk)):
+                    return start  # stopping
+            self.metrics.remirrored.inc(len(chunk.tracking))
+        return len(records)
+
 
 async def ensure_topics(bootstrap: list[str], topics: Sequence[str], partitions: int) -> None:
     """Create missing topics (idempotent; existing topics are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    await start_or_close(admin.start(), admin.close)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]

@@ -15,10 +15,13 @@ from faust.types import ServiceT
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from ordercache.agents import kafka_clients
+from ordercache.agents.kafka_clients import start_or_close
 from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
 from ordercache.db.replica_identity import replica_identity_problems
+from ordercache.health.eviction import eviction_risk, read_policies
 from ordercache.retry import Backoff
 from ordercache.web.server import WEB_URL
 
@@ -46,6 +49,13 @@ class LifecycleService(mode.Service):
             log.warning("Redis (%s) not reachable at start-up: %s", mode_name, type(exc).__name__)
         else:
             log.info("Redis (%s) reachable", mode_name)
+            try:
+                risk = eviction_risk(await read_policies(self.ctx.redis.client, timeout=2.0))
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("Redis eviction policy not read: %s", type(exc).__name__)
+            else:
+                if risk:
+                    log.warning("Redis: %s; readiness reports degraded", risk)
         await self._check_replica_identity()
 
     async def _check_replica_identity(self) -> None:
@@ -61,6 +71,7 @@ class LifecycleService(mode.Service):
             log.warning("replica identity: %s (docs/events.md#replica-identity)", problem)
 
     async def on_stop(self) -> None:
+        await kafka_clients.drain(timeout=5.0)  # Kafka starts abandoned mid-way
         log.info("closing Redis and database connections")
         await self.ctx.aclose()
         log.info("Redis and database connections closed")
@@ -88,15 +99,15 @@ class BrokerGate(mode.Service):
         client = AIOKafkaClient(
             bootstrap_servers=self.bootstrap,
             client_id="ordercache-gate",
-            request_timeout_ms=int(self.timeout * 1000),
+            # Longer than our wait: the abandoned bootstrap still ends, then is closed.
+            request_timeout_ms=int(self.timeout * 2000),
         )
         try:
-            async with asyncio.timeout(self.timeout):
-                await client.bootstrap()
+            # Never cancelled half-way (aiokafka then leaks the connection).
+            await start_or_close(client.bootstrap(), client.close, timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
             return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        finally:
-            await client.close()
+        await client.close()
         return None
 
     async def on_start(self) -> None:

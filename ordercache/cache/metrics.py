@@ -15,6 +15,10 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 RESULTS = ("hit", "miss", "bypass", "negative_hit")
+#: Why ``fill.lua`` refused a fill: an invalidation happened since the load began
+#: (``generation``), the version is below the tombstone floor (``stale``), or a newer
+#: entry is cached already (``older``).
+FILL_REJECT_REASONS = ("generation", "stale", "older")
 OPS = ("get", "get_many", "acquire", "fill", "set", "invalidate", "delete", "apply")
 
 
@@ -94,8 +98,9 @@ class CacheMetrics:
             ),
             fills_rejected=Counter(
                 "ordercache_cache_fills_rejected",
-                "Fills refused by the version guard (stale: older than the tombstone or the "
-                "cached entry; generation: an invalidation happened during the load).",
+                "Fills refused by the version guard (generation: an invalidation happened "
+                "during the load; stale: older than the tombstone floor; older: a newer "
+                "entry is cached).",
                 ["view", "reason"],
                 registry=registry,
             ),
@@ -148,11 +153,12 @@ class CacheMetrics:
         for view in View:
             for result in RESULTS:
                 m.requests.labels(view.value, result)
-            for reason in ("stale", "generation"):
+            for reason in FILL_REJECT_REASONS:
                 m.fills_rejected.labels(view.value, reason)
             for kind in ("singleflight", "lease"):
                 m.stampede_waits.labels(view.value, kind)
             for op in OPS:
                 m.errors.labels(view.value, op)
+            m.loader_seconds.labels(view.value)
             m.early_refreshes.labels(view.value)
         return m

@@ -39,7 +39,7 @@ from ordercache.cache.backend import (
 from ordercache.cache.breaker import CircuitBreaker
 from ordercache.cache.codec import CorruptEntryError, encode_negative, encode_value, entry_body
 from ordercache.cache.keys import KeySpace, TtlPolicy, validate_id
-from ordercache.cache.metrics import CacheMetrics
+from ordercache.cache.metrics import FILL_REJECT_REASONS, CacheMetrics
 from ordercache.cache.near import NearCache, NearEntry
 from ordercache.cache.ops import CacheOp, Invalidate, Refresh
 from ordercache.cache.results import BodyResult, CacheConfig, CacheResult, Loader, Status
@@ -434,10 +434,10 @@ class CacheService:
             self._failed(view, "fill", exc)
             return
         self.metrics.op_seconds.labels(view.value, "fill").observe(time.perf_counter() - t0)
-        if outcome in (b"stale", b"older"):
-            self.metrics.fills_rejected.labels(view.value, "stale").inc()
-        elif outcome == b"generation":
-            self.metrics.fills_rejected.labels(view.value, "generation").inc()
+        if outcome != b"ok":
+            reason = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+            if reason in FILL_REJECT_REASONS:
+                self.metrics.fills_rejected.labels(view.value, reason).inc()
 
     # ----------------------------------------------------------------- writes
     async def set(self, spec: ViewSpec[T], value: T) -> bool:

@@ -6,6 +6,10 @@ Readiness checks these components concurrently, each inside its own time budget:
   a TTL). Redis down is *degraded*, not down: reads are served from the database
   (invariant 4, docs/architecture.md), so the worker stays ready (HTTP 200).
 * **database** — ``SELECT 1`` on the engine's pool. Down means not ready (503).
+* **eviction** — Redis's ``maxmemory-policy`` (``INFO memory``): a policy that could
+  evict version guards or the stream mirror's dedupe state makes the worker
+  *degraded*, with the reason (:mod:`~ordercache.health.eviction`); skipped while
+  Redis does not answer (the redis component says so).
 * **broker** — only when the checker is given the change pipeline; skipped
   otherwise. Fine means: the broker answers a metadata request, *and* the
   pipeline service is running, *and* it is a settled group member — it holds
@@ -56,9 +60,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ordercache.agents.kafka_clients import start_or_close
 from ordercache.agents.pipeline import ChangePipeline
 from ordercache.cache.breaker import CircuitBreaker
 from ordercache.db.replica_identity import replica_identity_problems
+from ordercache.health.eviction import eviction_risk, read_policies
 from ordercache.health.redis_info import describe_error, probe_redis
 from ordercache.redisconn.client import RedisHandle
 
@@ -217,6 +223,17 @@ class HealthChecker:
             {"breaker": breaker},
         )
 
+    async def check_eviction(self) -> Component:
+        try:
+            nodes = await read_policies(self.redis.client, timeout=self.config.redis_timeout)
+        except Exception as exc:  # noqa: BLE001 - the redis component reports the outage
+            return Component("eviction", "skipped", details={"reason": describe_error(exc)})
+        risk = eviction_risk(nodes)
+        policies = sorted({n.policy for n in nodes})
+        return Component(
+            "eviction", "down" if risk else "ok", error=risk, details={"policy": policies}
+        )
+
     async def check_replica_identity(self) -> Component:
         """PostgreSQL only: the captured tables' replica identities. Not critical: a
         table short of its identity leaves some deletes unable to name every entry
@@ -246,14 +263,19 @@ class HealthChecker:
         client = AIOKafkaClient(
             bootstrap_servers=pipeline.config.bootstrap,
             client_id="ordercache-health",
-            request_timeout_ms=int(self.config.broker_timeout * 1000),
+            # Longer than the budget: a hung broker is always our "timeout", and the
+            # abandoned bootstrap still ends (and is closed) soon after.
+            request_timeout_ms=int(self.config.broker_timeout * 2000),
         )
         try:
-            async with asyncio.timeout(self.config.broker_timeout):
-                await client.bootstrap()
+            # Never cancelled half-way (that leaks its connection): start_or_close
+            # stops waiting after the budget and closes the client when it is done.
+            await start_or_close(
+                client.bootstrap(), client.close, timeout=self.config.broker_timeout
+            )
         except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
             error = describe_error(exc)
-        finally:
+        else:
             await client.close()
         app = self.app
         settled = (
@@ -282,6 +304,7 @@ class HealthChecker:
         checks: dict[str, Callable[[], Awaitable[Component]]] = {
             "redis": self.check_redis,
             "database": self.check_database,
+            "eviction": self.check_eviction,
         }
         if self.engine.dialect.name == "postgresql":
             checks["replica_identity"] = self.check_replica_identity

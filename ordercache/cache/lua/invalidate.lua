@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Invalidate an entry and leave a version tombstone.
 -- KEYS: entry, guard, lease   ARGV: version ('' when the event has none), tombstone_ms
 -- Bumps the fill generation (voids every fill whose load began before now), raises the

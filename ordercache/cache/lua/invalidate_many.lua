@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- invalidate.lua for many entries in one call (standalone and Sentinel only: in a
 -- cluster the keys of one call must share a slot, so the service sends one call per
 -- entry there). Same semantics per entry, applied in argument order.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Version-guarded write-through (refresh from an event, or an explicit set).
 -- KEYS: entry, guard, lease   ARGV: version, encoded entry, ttl_ms, tombstone_ms
 -- Writes only if the version is not older than the floor and newer than the cached
