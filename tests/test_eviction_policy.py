@@ -104,8 +104,7 @@ async def test_readiness_is_degraded_while_the_policy_can_evict_guards(
         body = report.as_dict()
         assert body["failed"] == ["eviction"]
         assert body["components"]["eviction"]["error"] == (
-            "maxmemory-policy allkeys-lru can evict version guards, stream dedupe state "
-            "and streams"
+            "maxmemory-policy allkeys-lru can evict version guards, stream dedupe state and streams"
         )
         assert body["components"]["eviction"]["policy"] == ["allkeys-lru"]
 

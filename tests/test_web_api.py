@@ -409,9 +409,7 @@ async def test_stats_turns_degraded_on_a_low_hit_ratio(
             ).status == 404
         stats = (await get(http, worker.base + "/stats")).json()
         assert stats["status"] == "degraded"
-        assert any(r.startswith("inventory: hit ratio") for r in stats["reasons"]), stats[
-            "reasons"
-        ]
+        assert any(r.startswith("inventory: hit ratio") for r in stats["reasons"]), stats["reasons"]
         assert stats["views"]["inventory"]["hit_ratio"] < 0.5
     finally:
         inventory = f"{worker.base}/products/{seeded.product_id}/inventory"

@@ -193,6 +193,8 @@ def test_worker_killed_with_sigkill_leaves_no_processes(worker: Worker) -> None:
     rc = worker.stop(signal.SIGKILL)
     assert rc == -signal.SIGKILL
     deadline = time.monotonic() + 10
-    while (left := {p: c for p, c in children.items() if _alive(p)}) and time.monotonic() < deadline:
+    while (
+        left := {p: c for p, c in children.items() if _alive(p)}
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == {}, f"processes left behind: {left}"

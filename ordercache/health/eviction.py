@@ -58,9 +58,7 @@ def eviction_risk(nodes: Sequence[EvictionPolicy]) -> str | None:
 def parse_policies(raw: Mapping[str, Any]) -> list[EvictionPolicy]:
     """``INFO memory`` of one server, or ``{node: info}`` from a cluster client."""
     nodes = (
-        list(raw.values())
-        if raw and all(isinstance(v, Mapping) for v in raw.values())
-        else [raw]
+        list(raw.values()) if raw and all(isinstance(v, Mapping) for v in raw.values()) else [raw]
     )
     out: list[EvictionPolicy] = []
     for node in nodes:
