@@ -35,7 +35,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +66,7 @@ from ordercache.agents.progress import (
     describe_failure,
     stall_verdict,
 )
+from ordercache.agents.recent import RecentWindow
 from ordercache.cache.interface import Cache
 from ordercache.cache.ops import CacheOp
 from ordercache.errors import OrderCacheError
@@ -153,8 +153,8 @@ class ChangePipeline(mode.Service):
         self._hooks = list(hooks)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._recent: deque[tuple[float, CacheOp]] = deque()
-        self._recent_tracking: deque[tuple[float, TrackingRecord]] = deque()
+        self._recent = RecentWindow[CacheOp](config.reapply_window)
+        self._recent_tracking = RecentWindow[TrackingRecord](config.reapply_window)
         self._run_id: bytes | None = None
         self.batches = 0
         self.assigned: set[TopicPartition] = set()
@@ -323,11 +323,11 @@ class ChangePipeline(mode.Service):
     async def _apply(self, bp: BatchPlan) -> None:
         if bp.ops:
             await self.cache.apply(bp.ops)
-            self._remember(bp.ops)
+            self._recent.add(bp.ops)
         for hook in self._hooks:
             await hook(bp)
         if bp.tracking and self._hooks:
-            self._remember_tracking(bp.tracking)
+            self._recent_tracking.add(bp.tracking)
 
     async def _retrying(self, fn: Callable[[], Awaitable[object]]) -> bool:
         """Run ``fn`` until it succeeds; back off on retriable errors; False if stopping."""
@@ -488,14 +488,6 @@ class ChangePipeline(mode.Service):
             consumer.resume(*tps)
 
     # --------------------------------------------------------- failover replay
-    def _remember(self, ops: Sequence[CacheOp]) -> None:
-        now = time.monotonic()
-        horizon = now - self.config.reapply_window
-        recent = self._recent
-        recent.extend((now, op) for op in ops)
-        while recent and recent[0][0] < horizon:
-            recent.popleft()
-
     async def _watch_failover(self) -> None:
         """Re-apply recent operations when Redis's identity changes (restart/failover)."""
         while not self.should_stop:
@@ -515,10 +507,7 @@ class ChangePipeline(mode.Service):
     async def reapply_recent(self) -> int:
         """Apply the operations of the last ``reapply_window`` seconds again, in chunks
         (one pipeline each, retried like a batch); returns how many."""
-        horizon = time.monotonic() - self.config.reapply_window
-        while self._recent and self._recent[0][0] < horizon:
-            self._recent.popleft()
-        ops = [op for _, op in self._recent]
+        ops = self._recent.items()
         if ops:
             log.warning("Redis changed identity: re-applying %d recent cache operations", len(ops))
             for start in range(0, len(ops), REAPPLY_CHUNK):
@@ -527,14 +516,6 @@ class ChangePipeline(mode.Service):
                     return start  # stopping
                 self.metrics.reapplied.inc(len(chunk))
         return len(ops)
-
-    def _remember_tracking(self, records: Sequence[TrackingRecord]) -> None:
-        now = time.monotonic()
-        horizon = now - self.config.reapply_window
-        recent = self._recent_tracking
-        recent.extend((now, rec) for rec in records)
-        while recent and recent[0][0] < horizon:
-            recent.popleft()
 
     async def remirror_recent(self) -> int:
         """Give the tracking records of the last ``reapply_window`` seconds to the batch
@@ -545,10 +526,7 @@ class ChangePipeline(mode.Service):
         event-id dedupe) and appends what it lost, so each event stays in the streams
         exactly once.
         """
-        horizon = time.monotonic() - self.config.reapply_window
-        while self._recent_tracking and self._recent_tracking[0][0] < horizon:
-            self._recent_tracking.popleft()
-        unique = {(r.source, r.offset): r for _, r in self._recent_tracking}
+        unique = {(r.source, r.offset): r for r in self._recent_tracking.items()}
         records = [unique[k] for k in sorted(unique)]
         if not records:
             return 0
