@@ -153,17 +153,8 @@ class CacheService:
             return None
 
     async def _get_raw(self, view: View, key: str) -> bytes | None:
-        if not self.breaker.allow():
-            return None
-        t0 = time.perf_counter()
-        try:
-            raw = await self.backend.get(key)
-        except CacheError as exc:
-            self._failed(view, "get", exc)
-            return None
-        self._get_seconds[view].observe(time.perf_counter() - t0)
-        self._ok()
-        return raw
+        raw = await self._hit_raw(view, key)
+        return None if isinstance(raw, _Skip) else raw
 
     async def get_many(self, spec: ViewSpec[T], ids: Iterable[object]) -> dict[int, T]:
         """Hits among ``ids`` in one MGET (cached "not found" and misses are absent)."""
