@@ -483,7 +483,7 @@ async def test_poison_stream_entries_fire_stream_dead_letters_from_the_notifier(
     env["PYTHONPATH"] = str(ROOT)
     log = (tmp_path / "notifier.log").open("wb")
     notifier = subprocess.Popen(
-        [sys.executable, "-m", "ordercache.streams.notifier", "--from-start",
+        [sys.executable, "-m", "ordercache.app.main", "notify", "--from-start",
          "--metrics-port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -492,6 +492,12 @@ async def test_poison_stream_entries_fire_stream_dead_letters_from_the_notifier(
     try:
         stack.prom.set_targets(
             {"ordercache": [stack.target], "ordercache-notifier": [f"127.0.0.1:{port}"]}
+        )
+        await asyncio.to_thread(
+            stack.prom.wait,
+            lambda: bool(stack.prom.query('up{job="ordercache-notifier"} == 1')),
+            "notifier scraped",
+            60,
         )
         fault = time.monotonic()
         await r.xadd(stream, {"v": "99", "order_id": "1"})  # an unknown entry schema
