@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from ordercache.local.truncate import TopicTruncation
 from ordercache.models.events import Entity, Op, RowChange
 from ordercache.sample.producer import Topics
 from tests.conftest import REDIS_URL, make_settings, unique
+from tests.test_pipeline import eventually
 from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.kafka
@@ -125,14 +126,6 @@ async def env(kafka_broker: str) -> AsyncIterator[Env]:
         await client.unlink(key)
     await client.aclose()
     await ctx.aclose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def stock(pid: int, version: int) -> RowChange:

@@ -8,8 +8,7 @@ raised.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +29,7 @@ from ordercache.models.orm import Customer, Inventory, Product
 from ordercache.publish import EventPublisher, PublishError, Topics, outbox_message
 from ordercache.sample import writes
 from tests.conftest import REDIS_URL, make_settings, unique
+from tests.test_pipeline import eventually
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -91,13 +91,6 @@ async def env(
     await ctx.aclose()
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def _new_order(ctx: AppContext) -> int:
     async with ctx.sessions() as s, s.begin():
         cust = Customer(email=f"{unique('c')}@example.com", name="Ada")
@@ -157,7 +150,7 @@ async def test_published_change_invalidates_the_cached_view(env: Any) -> None:
         read = await ctx.cache.get_or_load(ORDER, order_id, load)
         return read.value is not None and read.value.status == "paid"
 
-    await _eventually(shows_paid)
+    await eventually(shows_paid)
 
 
 @pytest.mark.kafka
