@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ordercache"
 
 #: Bottom to top (docs/architecture.md, "Modules and what each owns").
 LAYERS: list[set[str]] = [
-    {"errors", "retry", "config"},
+    {"errors", "retry", "tasks", "config"},
     {"models"},
     {"redisconn"},
     {"cache", "db", "migrations"},

@@ -9,7 +9,6 @@ prints a summary line every ``--every`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from types import TracebackType
@@ -19,6 +18,7 @@ import click
 
 from ordercache.sample.seed import SeedStep
 from ordercache.sample.simulate import Simulator
+from ordercache.tasks import cancel_and_wait
 
 
 class SeedProgressView:
@@ -113,7 +113,4 @@ class SimulationReporter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from ordercache.cache.near import NearCache
 from ordercache.redisconn.client import AnyRedis
 from ordercache.retry import Backoff
+from ordercache.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,8 @@ class TrackingListener:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.near.go_dark("stopped")
 
     async def wait_live(self, timeout: float) -> bool:
@@ -135,10 +133,10 @@ class TrackingListener:
             # dark before anything else: a reply may be lost with the reader
             self.near.go_dark("disconnected")
             for task in (reader, watchdog):
-                task.cancel()
+                await cancel_and_wait(task)
             for task in (reader, watchdog):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # re-raises the reader's error, if it failed
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    raise error  # the reader's error, if it failed
 
     async def _listen(self, conn: Any) -> None:
         while True:

@@ -23,7 +23,6 @@ yet handled stay in this consumer's pending list for its next start (or a claim)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from ordercache.streams.deadletter import dead_letter_fields, move_to_dead_lette
 from ordercache.streams.entry import StreamEntry, decode_text
 from ordercache.streams.layout import dead_letter_key
 from ordercache.streams.metrics import StreamMetrics, refresh_group_gauges
+from ordercache.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ class StreamConsumer:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             log.warning("stream consumer %s did not stop in %ss; cancelling", self.name, timeout)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     @property
     def stopping(self) -> bool:

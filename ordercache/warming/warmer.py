@@ -23,7 +23,6 @@ restarted one, or a new primary after a failover — it warms the hot set
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import logging
@@ -41,6 +40,7 @@ from ordercache.cache.views import HISTORY, INVENTORY, ORDER, ViewSpec
 from ordercache.config.settings import Settings
 from ordercache.db import repository
 from ordercache.errors import CacheError
+from ordercache.tasks import cancel_and_wait
 from ordercache.warming import hotset
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,5 @@ class Warming:
         self.task = asyncio.create_task(self.warmer.run(), name="cache-warming")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        await cancel_and_wait(self.task)
+        self.task = None
