@@ -17,6 +17,11 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import mode
+
+from ordercache.agents.progress import describe_failure
+from ordercache.retry import Backoff
+
 log = logging.getLogger(__name__)
 
 #: Clean-ups still running after their caller gave up waiting (kept referenced).
@@ -66,3 +71,34 @@ async def drain(timeout: float) -> None:
     before the event loop ends, so no client is left half-closed."""
     if _closing:
         await asyncio.wait(set(_closing), timeout=timeout)
+
+
+async def start_until_up(
+    start: Callable[[], Awaitable[object]],
+    service: mode.Service,
+    *,
+    what: str,
+    backoff: Backoff | None = None,
+) -> bool:
+    """Call ``start`` until it succeeds (True) or ``service`` is stopping (False).
+
+    For the clients that a worker must not die without: a broker that is down when
+    the worker starts is waited for, with backoff and one warning per failed attempt
+    naming ``what`` and the error. ``start`` cleans up after itself when it fails
+    (:func:`start_or_close`)."""
+    backoff = backoff or Backoff(0.5, 10.0)
+    while not service.should_stop:
+        try:
+            await start()
+        except Exception as exc:  # noqa: BLE001 - every failure means "not yet"
+            delay = backoff.next_delay()
+            log.warning(
+                "broker not reachable (%s): %s waits; attempt %d, next in %.1fs",
+                describe_failure(exc), what, backoff.attempt, delay,
+            )  # fmt: skip
+            await service.sleep(delay)
+            continue
+        if backoff.attempt:
+            log.info("broker reachable: %s started after %d attempts", what, backoff.attempt + 1)
+        return True
+    return False

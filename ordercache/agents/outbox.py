@@ -36,9 +36,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ordercache.agents.kafka_clients import start_or_close, start_until_up
 from ordercache.sample.writes import OUTBOX
 
 log = logging.getLogger(__name__)
+
+#: Seconds one attempt to connect to the broker may take.
+CONNECT_TIMEOUT = 10.0
 
 
 def topic_map(orders: str, inventory: str, tracking: str) -> dict[str, str]:
@@ -92,11 +96,18 @@ class OutboxRelay(mode.Service):
         self._batch_lock = asyncio.Lock()
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        # Connected in the background: a broker that is down at start is waited for.
+        self.add_future(self._run())
+
+    async def _connect(self) -> None:
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False
         )
-        await self._producer.start()
-        self.add_future(self._run())
+        await start_or_close(producer.start(), producer.stop, timeout=CONNECT_TIMEOUT)
+        if self.should_stop:  # on_stop has run already: it would not close this one
+            await producer.stop()
+            return
+        self._producer = producer
 
     async def on_stop(self) -> None:
         if self._producer is not None:
@@ -112,6 +123,8 @@ class OutboxRelay(mode.Service):
         self._open.set()
 
     async def _run(self) -> None:
+        if not await start_until_up(self._connect, self, what="the outbox relay"):
+            return
         while not self.should_stop:
             await self._open.wait()
             try:

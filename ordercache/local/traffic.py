@@ -11,7 +11,6 @@ streams and the read API have something to show. Production never runs it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ordercache.agents.kafka_clients import start_until_up
 from ordercache.config.settings import Settings
 from ordercache.db.engine import create_schema
 from ordercache.models.events import RowChange
@@ -29,8 +29,13 @@ from ordercache.models.orm import Order
 from ordercache.sample.producer import ChangeEventProducer, Topics
 from ordercache.sample.seed import SeedSpec, run_seed
 from ordercache.sample.simulate import Simulator
+from ordercache.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds the sample traffic has to finish its transaction in flight when stopped.
+STOP_GRACE = 5.0
 
 
 class GatedProducer(ChangeEventProducer):
@@ -78,6 +83,7 @@ class LocalTraffic(mode.Service):
         self.sessions = sessions
         self._producer: GatedProducer | None = None
         self._task: asyncio.Future[None] | None = None
+        self._sim: Simulator | None = None
 
     async def on_start(self) -> None:
         await create_schema(self.engine)
@@ -100,19 +106,21 @@ class LocalTraffic(mode.Service):
     async def _simulate(self) -> None:
         rate = self.settings.simulate_rate
         producer = GatedProducer(self.settings.kafka_bootstrap, Topics.from_settings(self.settings))
+        if not await start_until_up(producer.start, self, what="the sample traffic"):
+            return
         self._producer = producer
-        await producer.start()
         log.info("local default: sample traffic at %.0f events/s", rate)
-        while True:
+        while not self.should_stop:
             # Events go through the transactional outbox; the worker's OutboxRelay sends them.
             sim = Simulator(self.sessions, producer, rate if rate > 0 else math.inf, outbox=True)
+            self._sim = sim
             try:
                 await sim.run(duration=None)
             except OperationalError as exc:
                 # `ordercache seed` holds SQLite's write lock for its whole transaction;
                 # sample traffic waits it out and starts afresh from the database.
                 log.warning("local default: sample traffic paused: %s", type(exc).__name__)
-                await asyncio.sleep(1.0)
+                await self.sleep(1.0)
 
     async def pause(self) -> bool:
         """Hold the sample traffic still (see ``Pausable``); False when there is none."""
@@ -125,10 +133,12 @@ class LocalTraffic(mode.Service):
             await self._producer.resume()
 
     async def on_stop(self) -> None:
-        # Stop the traffic before its producer, or it would send into a closed client.
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        # Stop the traffic before its producer, or it would send into a closed client;
+        # between transactions if it can (see Simulator.stop), cancelled if it must.
+        if self._sim is not None:
+            self._sim.stop()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=STOP_GRACE)
+        await cancel_and_wait(self._task)
         if self._producer is not None:
             await self._producer.stop()

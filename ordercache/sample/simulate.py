@@ -110,6 +110,12 @@ class Simulator:
         self._open: dict[int, _Open] = {}
         self._pending: list[Any] = []
         self._prepared = False
+        self._stopping = False
+
+    def stop(self) -> None:
+        """End :meth:`run` before its next transaction (the one in flight completes:
+        cancelling it half-way would leave a connection to roll back while cancelled)."""
+        self._stopping = True
 
     @property
     def open_orders(self) -> list[int]:
@@ -223,7 +229,7 @@ class Simulator:
         start = time.monotonic()
         first = self.stats.events
         try:
-            while True:
+            while not self._stopping:
                 done = self.stats.events - first
                 elapsed = time.monotonic() - start
                 if (events is not None and done >= events) or (
