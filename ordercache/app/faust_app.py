@@ -12,6 +12,7 @@ import mode
 from aiokafka.client import AIOKafkaClient
 from faust.app.base import BootStrategy
 from faust.types import ServiceT
+from mode.threads import ServiceThread
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -135,6 +136,29 @@ class BrokerFirstBoot(BootStrategy):
     def __init__(self, app: faust.App, gate: BrokerGate) -> None:
         super().__init__(app)
         self.gate = gate
+        self.consumers: list[ServiceT] = []
+
+    def kafka_consumer(self) -> Iterable[ServiceT]:
+        self.consumers = list(super().kafka_consumer())
+        return self.consumers
+
+    def close_unstarted_consumer_loop(self) -> None:
+        """Close the Kafka consumer thread's event loop if that thread never started.
+
+        mode's ``ServiceThread`` makes its thread's event loop when the consumer is
+        built, at the start of the boot, and closes it only when the thread ends. A
+        worker stopped before the gate let the consumer start left that loop open
+        (``ResourceWarning: unclosed event loop`` at exit). Called once the worker
+        has stopped; a thread that ran closed its own loop.
+        """
+        for service in self.consumers:
+            # faust's ThreadDelegateConsumer keeps its thread in ``_thread``; mode's
+            # ServiceThread sets its own ``_thread`` only when started.
+            thread = getattr(service, "_thread", None)
+            if isinstance(thread, ServiceThread) and thread._thread is None:
+                loop = thread.thread_loop
+                if not loop.is_running() and not loop.is_closed():
+                    loop.close()
 
     def server(self) -> Iterable[ServiceT]:
         return self._chain(

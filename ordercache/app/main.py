@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise _fail(f"configuration error: {exc}", 2) from None
 
     from ordercache.app.context import AppContext
-    from ordercache.app.faust_app import create_app
+    from ordercache.app.faust_app import BrokerFirstBoot, create_app
     from ordercache.app.logs import configure_logging
 
     configure_logging(settings, settings.log_level.upper())
@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             redis_url=_placeholder_redis(settings) if "redis" in unconfigured else None,
         )
 
+    boot: BrokerFirstBoot | None = None
     try:
         ctx = AppContext.build(
             settings,
@@ -202,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             local_broker=any(p.name == "tansu" for p in procs),
         )
         app = create_app(ctx)
+        boot = app.boot_strategy if isinstance(app.boot_strategy, BrokerFirstBoot) else None
         if record is not None:
             discovery.write(settings.data_dir, record)
             log.info(
@@ -218,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         raise _fail(f"configuration error: {exc}", 2) from None
     finally:
+        if boot is not None:
+            boot.close_unstarted_consumer_loop()
         if record is not None:
             discovery.remove(settings.data_dir, record.pid)
         for p in reversed(procs):
