@@ -124,17 +124,23 @@ async def test_sigkill_mid_batch_then_restart_loses_no_invalidation(
     worker = WorkerProcess.configured(tmp_path, "w1", **settings).start()
     try:
         worker.wait_for_log("pipeline assigned partitions", timeout=90)
-        await produce(kafka_broker, f"{tag}.inventory", ids)
+        # The events are sent while the worker applies them; it is killed as soon as
+        # the first invalidation shows. The last 1,000 are sent only after the kill,
+        # so the restarted worker always has work left, however fast the first was.
+        head, tail = ids[:-1000], ids[-1000:]
+        sending = asyncio.create_task(produce(kafka_broker, f"{tag}.inventory", head))
 
         async def started() -> bool:
             return await remaining(redis_raw, cache, ids) < len(ids)
 
-        await wait_until(started)
-        worker.kill()  # SIGKILL while it works through the backlog
+        try:
+            await wait_until(started)
+            worker.kill()  # SIGKILL while it works through the backlog
+        finally:
+            await sending
+        await produce(kafka_broker, f"{tag}.inventory", tail)
         left_at_kill = await remaining(redis_raw, cache, ids)
-        assert 0 < left_at_kill < len(ids), (
-            "the kill must land mid-run for this test to mean something"
-        )
+        assert len(tail) <= left_at_kill < len(ids)
     finally:
         worker.kill()
 
