@@ -1,10 +1,13 @@
-"""cancel_and_wait: a task that swallows a cancellation is still stopped."""
+"""cancel_and_wait: a task that swallows a cancellation is still stopped.
+run_to_completion: a step is never abandoned half-way by a cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ordercache.tasks import cancel_and_wait
+import pytest
+
+from ordercache.tasks import cancel_and_wait, run_to_completion
 
 
 async def _swallows(times: int, ticks: list[int]) -> None:
@@ -52,3 +55,47 @@ async def test_a_failed_task_is_not_raised_and_none_is_nothing() -> None:
     await cancel_and_wait(task)
     assert isinstance(task.exception(), ValueError)
     await cancel_and_wait(None)
+
+
+async def _step(release: asyncio.Event, log: list[str], *, fail: bool = False) -> int:
+    log.append("began")
+    await release.wait()
+    log.append("ended")
+    if fail:
+        raise ValueError("boom")
+    return 7
+
+
+async def test_a_cancelled_caller_waits_for_the_step_and_then_is_cancelled() -> None:
+    release, log = asyncio.Event(), []
+    caller = asyncio.create_task(run_to_completion(_step(release, log)))
+    await asyncio.sleep(0.01)
+    assert log == ["began"]
+    caller.cancel()
+    await asyncio.sleep(0.01)
+    caller.cancel()  # asked again, as cancel_and_wait does: still waited out
+    await asyncio.sleep(0.01)
+    assert not caller.done() and log == ["began"]
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert log == ["began", "ended"]
+
+
+async def test_a_step_failing_after_the_cancel_still_ends_in_the_cancellation() -> None:
+    release, log = asyncio.Event(), []
+    caller = asyncio.create_task(run_to_completion(_step(release, log, fail=True)))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert log == ["began", "ended"]
+
+
+async def test_without_a_cancel_the_result_or_error_is_the_steps() -> None:
+    release, log = asyncio.Event(), []
+    release.set()
+    assert await run_to_completion(_step(release, log)) == 7
+    with pytest.raises(ValueError, match="boom"):
+        await run_to_completion(_step(release, log, fail=True))

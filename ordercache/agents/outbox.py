@@ -24,6 +24,7 @@ the payload as a JSON string, headers ``id`` (the event id), ``aggregatetype`` a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -37,12 +38,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ordercache.agents.kafka_clients import start_or_close, start_until_up
+from ordercache.db.engine import in_transaction
 from ordercache.sample.writes import OUTBOX
 
 log = logging.getLogger(__name__)
 
 #: Seconds one attempt to connect to the broker may take.
 CONNECT_TIMEOUT = 10.0
+#: How long a stop waits for the batch in flight before stopping the producer under it.
+STOP_GRACE = 5.0
 
 
 def topic_map(orders: str, inventory: str, tracking: str) -> dict[str, str]:
@@ -110,6 +114,11 @@ class OutboxRelay(mode.Service):
         self._producer = producer
 
     async def on_stop(self) -> None:
+        # The batch in flight is delivered and committed before its producer goes
+        # (stopping the producer under it would fail it, and it would be sent again).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await self.pause()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -138,34 +147,37 @@ class OutboxRelay(mode.Service):
                 await self.sleep(self.idle_poll)
 
     async def relay_once(self) -> int:
-        """Send one batch (oldest first) and delete it; returns how many rows were sent."""
-        assert self._producer is not None
-        async with self.sessions() as session, session.begin():
-            query = (
-                select(OUTBOX)
-                .order_by(OUTBOX.c.seq)
-                .limit(self.batch)
-                .with_for_update(skip_locked=True)
-            )
-            rows = (await session.execute(query)).mappings().all()
-            if not rows:
-                return 0
-            futures = []
-            for row in rows:
-                topic = self.topics.get(str(row["aggregatetype"]))
-                if topic is None:
-                    log.error(
-                        "outbox row seq=%s: aggregate type %r has no topic; left in the table",
-                        row["seq"], str(row["aggregatetype"])[:64],
-                    )  # fmt: skip
-                    continue
-                key, value, headers = message_of(dict(row))
-                futures.append(
-                    await self._producer.send(topic, value=value, key=key, headers=headers)
-                )
-            for fut in futures:
-                await fut  # every message acknowledged before the rows go
-            sent = [row["seq"] for row in rows if str(row["aggregatetype"]) in self.topics]
-            await session.execute(delete(OUTBOX).where(OUTBOX.c.seq.in_(sent)))
-        self.sent += len(sent)
+        """Send one batch (oldest first) and delete it; returns how many rows were sent.
+        Never left half-way: a stop waits for the batch's commit or rollback."""
+        sent = await in_transaction(self.sessions, self._send_batch)
+        self.sent += sent
+        return sent
+
+    async def _send_batch(self, session: AsyncSession) -> int:
+        producer = self._producer
+        assert producer is not None
+        query = (
+            select(OUTBOX)
+            .order_by(OUTBOX.c.seq)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (await session.execute(query)).mappings().all()
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            topic = self.topics.get(str(row["aggregatetype"]))
+            if topic is None:
+                log.error(
+                    "outbox row seq=%s: aggregate type %r has no topic; left in the table",
+                    row["seq"], str(row["aggregatetype"])[:64],
+                )  # fmt: skip
+                continue
+            key, value, headers = message_of(dict(row))
+            futures.append(await producer.send(topic, value=value, key=key, headers=headers))
+        for fut in futures:
+            await fut  # every message acknowledged before the rows go
+        sent = [row["seq"] for row in rows if str(row["aggregatetype"]) in self.topics]
+        await session.execute(delete(OUTBOX).where(OUTBOX.c.seq.in_(sent)))
         return len(sent)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ordercache.db.engine import create_schema, session_factory
+from ordercache.db.engine import create_schema, in_transaction, session_factory
 from ordercache.models.events import Entity, Op, RowChange
 from ordercache.sample import writes
 from ordercache.sample.producer import ChangeEventProducer, Topics
@@ -125,9 +125,7 @@ class Simulator:
     # ------------------------------------------------------------------ setup
     async def prepare(self) -> None:
         """Make sure customers and stocked products exist; pick up open orders."""
-        async with self.sessions() as session, session.begin():
-            changes = await self._ensure_catalog(session)
-            await self._record(session, changes)
+        changes = await self._write(self._ensure_catalog)
         await self._emit(changes)
         async with self.sessions() as session:
             self._catalog.customers = list(
@@ -296,12 +294,17 @@ class Simulator:
         if state.status == "picked":
             carrier = rng.choice(CARRIERS)
             tracking_no = f"{carrier[:2].upper()}{rng.randrange(10**9, 10**10)}"
-            async with self.sessions() as session, session.begin():
+            shipped: list[int] = []
+
+            async def ship(s: AsyncSession) -> list[RowChange]:
                 changes, shipment_id = await writes.ship_order(
-                    session, order_id, carrier, tracking_no, _now()
+                    s, order_id, carrier, tracking_no, _now()
                 )
-                await self._record(session, changes)
-            state.status, state.shipment_id, state.carrier = "shipped", shipment_id, carrier
+                shipped.append(shipment_id)
+                return changes
+
+            changes = await self._write(ship)
+            state.status, state.shipment_id, state.carrier = "shipped", shipped[0], carrier
             state.scans_left = rng.randint(1, 3)
             return await self._emit(changes)
         if state.status in ("shipped", "in_transit") and state.scans_left > 0:
@@ -352,10 +355,14 @@ class Simulator:
 
     # ------------------------------------------------------------------ plumbing
     async def _write(self, fn: Write) -> list[RowChange]:
-        async with self.sessions() as session, session.begin():
+        """One transaction: the rows, and the outbox records of their changes."""
+
+        async def write(session: AsyncSession) -> list[RowChange]:
             changes = await fn(session)
             await self._record(session, changes)
             return changes
+
+        return await in_transaction(self.sessions, write)
 
     async def _record(self, session: AsyncSession, changes: list[RowChange]) -> None:
         if self.outbox:
