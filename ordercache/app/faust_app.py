@@ -17,13 +17,12 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ordercache.agents import kafka_clients
-from ordercache.agents.kafka_clients import start_or_close
+from ordercache.agents.kafka_clients import start_or_close, start_until_up
 from ordercache.app import commands, logs
 from ordercache.app.context import AppContext
 from ordercache.app.wiring import wire
 from ordercache.db.replica_identity import replica_identity_problems
 from ordercache.health.eviction import eviction_risk, read_policies
-from ordercache.retry import Backoff
 from ordercache.web.server import WEB_URL
 
 log = logging.getLogger(__name__)
@@ -95,38 +94,21 @@ class BrokerGate(mode.Service):
         self.timeout = timeout
         self.attempts = 0
 
-    async def reachable(self) -> str | None:
-        """None if the broker answered a metadata request, else a short reason."""
+    async def probe(self) -> None:
+        """Return when the broker answered a metadata request; raise otherwise."""
+        self.attempts += 1
         client = AIOKafkaClient(
             bootstrap_servers=self.bootstrap,
             client_id="ordercache-gate",
             # Longer than our wait: the abandoned bootstrap still ends, then is closed.
             request_timeout_ms=int(self.timeout * 2000),
         )
-        try:
-            # Never cancelled half-way (aiokafka then leaks the connection).
-            await start_or_close(client.bootstrap(), client.close, timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        # Never cancelled half-way (aiokafka then leaks the connection).
+        await start_or_close(client.bootstrap(), client.close, timeout=self.timeout)
         await client.close()
-        return None
 
     async def on_start(self) -> None:
-        backoff = Backoff(0.5, 10.0)
-        while not self.should_stop:
-            self.attempts += 1
-            error = await self.reachable()
-            if error is None:
-                if self.attempts > 1:
-                    log.info("broker reachable after %d attempts", self.attempts)
-                return
-            delay = backoff.next_delay()
-            log.warning(
-                "broker not reachable (%s): Faust's consumer and producer wait; "
-                "attempt %d, next in %.1fs",
-                error, self.attempts, delay,
-            )  # fmt: skip
-            await self.sleep(delay)
+        await start_until_up(self.probe, self, what="Faust's consumer and producer")
 
 
 class BrokerFirstBoot(BootStrategy):
