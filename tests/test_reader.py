@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 import ordercache
+from ordercache.app.context import AppContext
+from ordercache.cache.views import View
 from ordercache.config.settings import Settings
 from ordercache.errors import ConfigError, InvalidIdError
 from ordercache.local.services import ManagedProcess
@@ -89,6 +93,48 @@ async def test_reader_bypasses_a_dead_redis(
         private_redis.kill()
         read = await r.order(orders[0])
         assert read.cache == "bypass" and read.value is not None
+
+
+async def test_reader_serves_from_its_near_cache_and_keeps_it_coherent(
+    settings: Settings, redis_raw: Any
+) -> None:
+    # Only a subscribed invalidation listener lets the near-cache serve: the Reader
+    # starts one on its first read (it used to build the near-cache and never start
+    # the listener, so it never served from it).
+    own = settings.model_copy(update={"near_cache": True})
+    async with ordercache.Reader.from_settings(own) as r:
+        _, (oid,) = await _customer_with_orders(r, 1)
+        cache = r._ctx.cache
+        assert cache.near is not None
+        key = cache.keys.entry(View.ORDER, oid)
+        deadline = time.monotonic() + 10
+        while key not in cache.near:  # the fill's own writes are broadcast: read on
+            assert time.monotonic() < deadline, "the near-cache never kept the entry"
+            assert (await r.order(oid)).value is not None
+            await asyncio.sleep(0.01)
+        near_hits = cache.metrics.near_hits
+        before = near_hits.total("order")
+        read = await r.order(oid)
+        assert read.cache == "hit" and read.value is not None and read.value.status == "paid"
+        assert near_hits.total("order") == before + 1
+
+        # Another process commits and invalidates: the copy is dropped, the next read
+        # is the new row.
+        async with r._ctx.sessions() as s, s.begin():
+            await s.execute(
+                update(Order).where(Order.id == oid).values(status="shipped", version=2)
+            )
+        other = AppContext.build(settings)
+        try:
+            await other.cache.invalidate(View.ORDER, oid, version=2)
+        finally:
+            await other.aclose()
+        while key in cache.near:
+            assert time.monotonic() < deadline + 10, "the invalidation never reached the reader"
+            await asyncio.sleep(0.01)
+        fresh = await r.order(oid)
+        assert fresh.value is not None and fresh.value.status == "shipped"
+    assert cache.near is not None and not cache.near.live  # the listener stopped
 
 
 def test_from_env_names_a_bad_variable() -> None:

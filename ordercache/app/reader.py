@@ -17,8 +17,11 @@ breaker that bypasses a failing Redis (``cache="bypass"``), and whatever else th
 context's cache service does (a near-cache when enabled). The worker's HTTP read API
 reads through the same :class:`~ordercache.read.ViewReader`.
 
-Nothing connects until the first read; :meth:`Reader.aclose` (or leaving the
-``async with`` block) closes the Redis pools and the database engine.
+Nothing connects until the first read. With ``ORDERCACHE_NEAR_CACHE`` on, the
+first read also starts the near-cache's invalidation listener (Redis ``CLIENT
+TRACKING``): the in-process copy serves only while that listener is subscribed.
+:meth:`Reader.aclose` (or leaving the ``async with`` block) stops it and closes the
+Redis pools and the database engine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ class Reader:
         self._ctx = ctx
         self._views = ViewReader(ctx.cache, DbLoaders(ctx.sessions))
         self._closed = False
+        self._listening = False
+
+    async def _first_read(self) -> None:
+        """Start the near-cache's listener, once (a task: the read does not wait)."""
+        tracking = self._ctx.tracking
+        if tracking is not None and not self._listening and not self._closed:
+            self._listening = True
+            await tracking.start()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Reader:
@@ -69,22 +80,28 @@ class Reader:
 
     async def order(self, order_id: int | str) -> Read[OrderDetails]:
         """An order with its items and latest tracking status (``value`` None: unknown)."""
+        await self._first_read()
         return await self._views.order(order_id)
 
     async def inventory(self, product_id: int | str) -> Read[ProductInventory]:
         """Available and reserved stock of a product (``value`` None: unknown)."""
+        await self._first_read()
         return await self._views.inventory(product_id)
 
     async def history(
         self, customer_id: int | str, *, limit: int = DEFAULT_LIMIT, offset: int = 0
     ) -> Read[HistoryPage]:
         """A page of the customer's orders, newest first (pages past 100: ``bypass``)."""
+        await self._first_read()
         return await self._views.history(customer_id, limit=limit, offset=offset)
 
     async def aclose(self) -> None:
-        """Close the Redis pools and the database engine (idempotent)."""
+        """Stop the near-cache's listener; close the Redis pools and the database
+        engine (idempotent)."""
         if not self._closed:
             self._closed = True
+            if self._listening and self._ctx.tracking is not None:
+                await self._ctx.tracking.stop()
             await self._ctx.aclose()
 
     async def __aenter__(self) -> Reader:
