@@ -19,7 +19,7 @@ defaults (0, "", the epoch). Each captured table gets the identity the cache nee
 * ``inventory``: DEFAULT. The primary key ``product_id`` is all a delete needs.
 * ``outbox``: DEFAULT. Only inserts are relayed; deletes are the relay's clean-up.
 
-ordercache.models.cdc.REPLICA_IDENTITY states the same; the worker's readiness check
+``ordercache.db.replica_identity.REQUIRED`` states the same; the worker's readiness check
 (``replica_identity_problems``) names any table that differs. Other databases have
 no replica identity: nothing is done there.
 """
