@@ -54,9 +54,15 @@ from tests.conftest import make_settings, unique
 from tests.redis_procs import start_sentinel, wait_until
 from tests.workers import WorkerProcess
 
-pytestmark = [pytest.mark.chaos, pytest.mark.kafka, pytest.mark.postgres]
-
 SECONDS = float(os.environ.get("ORDERCACHE_CHAOS_SECONDS", "60"))
+# The suite's 120 s per test would cut a longer run short: the soak's own length
+# plus the stack's start and the final checks.
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.kafka,
+    pytest.mark.postgres,
+    pytest.mark.timeout(max(120, int(SECONDS) + 180)),
+]
 #: Which faults to inject (all by default): redis, worker, broker.
 PHASES = set(os.environ.get("ORDERCACHE_CHAOS_PHASES", "redis,worker,broker").split(","))
 READERS = 50
