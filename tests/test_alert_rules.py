@@ -60,6 +60,7 @@ EXPECTED_ALERTS = {
     "OrdercacheRedisClientsNearMax",
     "OrdercacheRedisRejectingConnections",
     "OrdercacheRedisReplicationBroken",
+    "OrdercacheRedisReplicaLost",
     "OrdercacheRedisReplicationLagHigh",
     "OrdercacheRedisPersistenceFailing",
     "OrdercacheHealthDegraded",

@@ -125,6 +125,31 @@ async def test_replication_link_seen_from_both_sides(
         await r.aclose()
 
 
+async def test_a_stopped_replica_is_no_broken_link_only_a_lower_count(
+    pair: tuple[ManagedProcess, ManagedProcess],
+) -> None:
+    # Why OrdercacheRedisReplicaLost exists: the primary forgets a replica that is
+    # gone, so its link is never reported broken; only connected_replicas drops.
+    primary, replica = pair
+    p = _client(primary)
+    try:
+
+        async def linked() -> bool:
+            info = await fetch_info(p, timeout=1)
+            return info.connected_replicas == 1 and info.replication_link_up
+
+        await _until(linked)
+        replica.kill()
+
+        async def forgotten() -> bool:
+            return (await fetch_info(p, timeout=1)).connected_replicas == 0
+
+        await _until(forgotten)
+        assert (await fetch_info(p, timeout=1)).replication_link_up
+    finally:
+        await p.aclose()
+
+
 async def test_failed_rdb_save_and_refused_connections() -> None:
     gone = Path(tempfile.mkdtemp(prefix="oc-rdb-"))
     proc = start_redis_server(extra_args=["--maxclients", "3", "--enable-protected-configs", "yes"])
