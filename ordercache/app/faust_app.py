@@ -108,7 +108,7 @@ class BrokerGate(mode.Service):
         await client.close()
 
     async def on_start(self) -> None:
-        await start_until_up(self.probe, self, what="Faust's consumer and producer")
+        await start_until_up(self.probe, self, what="Faust (consumer and producer)")
 
 
 class BrokerFirstBoot(BootStrategy):
