@@ -82,6 +82,7 @@ class LocalCluster:
     """Private cluster-enabled redis-servers: primaries, and replicas when asked for."""
 
     nodes: list[ManagedProcess]
+    node_timeout_ms: int = 2000
 
     @property
     def addresses(self) -> str:
@@ -156,9 +157,75 @@ class LocalCluster:
             finally:
                 client.close()
 
+    def add_primary(self) -> ManagedProcess:
+        """Start a node, let it meet the cluster and wait until every node lists it as
+        a primary (with no slots yet: :meth:`move_slot` gives it some)."""
+        node = _start_cluster_node(self.node_timeout_ms)
+        self.nodes.append(node)
+        first = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+        try:
+            bus = node.args[node.args.index("--cluster-port") + 1]
+            first.execute_command("CLUSTER MEET", "127.0.0.1", node.port, bus)
+        finally:
+            first.close()
+
+        def known_everywhere() -> bool:
+            for other in self.alive():
+                client = redis.Redis(port=other.port, socket_timeout=1, decode_responses=True)
+                try:
+                    nodes = client.execute_command("CLUSTER NODES")
+                finally:
+                    client.close()
+                entry = nodes.get(node.url)
+                if entry is None or "master" not in entry["flags"]:
+                    return False
+                known = {a for a, e in nodes.items() if "handshake" not in e["flags"]}
+                if known != {n.url for n in self.alive()}:
+                    return False
+            return True
+
+        wait_until(
+            known_everywhere, f"{node.url} a primary, every node knowing every other", timeout=30
+        )
+        self.wait_ok()  # the new node learnt the slot map too
+        return node
+
+    def move_slot(self, slot: int, to_port: int | None = None) -> int:
+        """Migrate ``slot`` and its keys to another primary (``to_port``, or any other
+        primary) as ``redis-cli --cluster reshard`` does; return the new owner's port."""
+        clients = {n.port: redis.Redis(port=n.port, socket_timeout=5) for n in self.alive()}
+        try:
+            owner = self.primary_of_slot(slot).port
+            target = to_port or next(
+                p for p, c in clients.items() if p != owner and _role(c) == "master"
+            )
+            ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in clients.items()}
+            clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
+            clients[owner].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+            while keys := clients[owner].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                clients[owner].execute_command(
+                    "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+                )
+            for c in clients.values():
+                c.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+            return target
+        finally:
+            for c in clients.values():
+                c.close()
+
     def cleanup(self) -> None:
         for node in reversed(self.nodes):
             node.cleanup()
+
+
+def _start_cluster_node(node_timeout_ms: int) -> ManagedProcess:
+    # The bus port defaults to port + 10000, which may be taken or above 65535.
+    bus = str(free_port())
+    # validity factor 0: a replica may always take over (the tests kill primaries)
+    args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", bus,
+            "--cluster-replica-validity-factor", "0"]  # fmt: skip
+    return start_redis_server(extra_args=args)
 
 
 def _role(client: redis.Redis) -> str:
@@ -169,16 +236,10 @@ def _role(client: redis.Redis) -> str:
 def start_cluster(size: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000) -> LocalCluster:
     """Start ``size`` cluster-enabled servers, create the cluster (``replicas`` per
     primary) and wait for state ok and, with replicas, for every replica in sync."""
-    cluster = LocalCluster([])
+    cluster = LocalCluster([], node_timeout_ms)
     try:
         for _ in range(size):
-            # The bus port defaults to port + 10000, which may be taken or above 65535.
-            bus = str(free_port())
-            # validity factor 0: a replica may always take over (the tests kill primaries)
-            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", bus,
-                    "--cluster-replica-validity-factor", "0"]  # fmt: skip
-            cluster.nodes.append(start_redis_server(extra_args=args))
+            cluster.nodes.append(_start_cluster_node(node_timeout_ms))
         cli = shutil.which("redis-cli")
         assert cli is not None, "redis-cli is not installed"
         create = [cli, "--cluster", "create", *(n.url for n in cluster.nodes)]

@@ -138,26 +138,6 @@ async def test_a_primary_that_forgot_the_scripts_gets_them_and_the_batch_replays
             node.close()
 
 
-def move_slot(slot: int, cluster: LocalCluster) -> int:
-    """Migrate ``slot`` and its keys to another primary; return the new owner's port."""
-    nodes = {n.port: n for n in cluster.nodes}
-    clients = {p: redis.Redis(port=p, socket_timeout=5) for p in nodes}
-    try:
-        owner = cluster.primary_of_slot(slot).port
-        target = next(p for p in clients if p != owner)
-        ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in clients.items()}
-        clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
-        clients[owner].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
-        keys = clients[owner].execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
-        clients[owner].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-        for c in clients.values():
-            c.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
-        return target
-    finally:
-        for c in clients.values():
-            c.close()
-
-
 async def test_apply_follows_a_slot_that_moved_since_the_slot_map_was_read(
     cache: CacheService, handle: RedisHandle, cluster: LocalCluster
 ) -> None:
@@ -166,7 +146,7 @@ async def test_apply_follows_a_slot_that_moved_since_the_slot_map_was_read(
     client = handle.client
     assert isinstance(client, RedisCluster)
     entry = cache.keys.entry(View.INVENTORY, pid)
-    new_owner = move_slot(client.keyslot(entry), cluster)
+    new_owner = cluster.move_slot(client.keyslot(entry))
     # the batch goes to the old owner, meets MOVED, and is re-sent to the new one
     others = [Invalidate(View.INVENTORY, i, 1) for i in range(1, 20)]
     assert await cache.apply([*others, Invalidate(View.INVENTORY, pid, 2)]) == [0] * 19 + [1]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -466,28 +467,6 @@ async def test_cluster_pipelines_wait_for_connections_instead_of_failing(
     assert h.pool_stats()["idle"] <= 2 * 3
 
 
-def _move_slot_of(key: str, cluster: LocalCluster) -> int:
-    """Migrate ``key``'s slot (and the key) to another node; return the new owner's port."""
-    clients = {n.port: redis.Redis(port=n.port, socket_timeout=5) for n in cluster.nodes}
-    try:
-        any_node = next(iter(clients.values()))
-        slot = int(any_node.execute_command("CLUSTER KEYSLOT", key))
-        owner = next(
-            p for p, c in clients.items() if c.execute_command("CLUSTER COUNTKEYSINSLOT", slot)
-        )
-        target = next(p for p in clients if p != owner)
-        ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in clients.items()}
-        clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
-        clients[owner].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
-        clients[owner].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", key)
-        for c in clients.values():
-            c.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
-        return target
-    finally:
-        for c in clients.values():
-            c.close()
-
-
 async def test_cluster_pipeline_follows_a_moved_slot_with_one_connection(
     handles: list[RedisHandle],
 ) -> None:
@@ -502,7 +481,7 @@ async def test_cluster_pipeline_follows_a_moved_slot_with_one_connection(
         h = make(handles, settings)
         key = unique("moved")
         await h.client.set(key, b"1")  # the client now caches the slot map
-        new_owner = _move_slot_of(key, own)
+        new_owner = own.move_slot(key_slot(key.encode()))
         # The pipeline goes to the old owner, gets MOVED and re-sends the command on
         # its own while it still holds the only admission.
         pipe = h.client.pipeline()
