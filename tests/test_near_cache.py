@@ -190,7 +190,8 @@ async def test_disconnect_flushes_and_stops_serving_until_resubscribed(
     near = cache.near
     assert near is not None
     subscribed, flushes = listener.subscriptions, near.flushes
-    await redis_raw.execute_command("CLIENT", "KILL", "ID", listener.client_id)
+    (client_id,) = listener.client_ids.values()
+    await redis_raw.execute_command("CLIENT", "KILL", "ID", client_id)
     await until(lambda: near.flushes > flushes)
     assert len(near) == 0 or listener.subscriptions > subscribed
     await until(lambda: listener.subscriptions > subscribed and near.live)
@@ -249,19 +250,6 @@ def test_near_hits_reach_the_requests_counter_at_every_scrape() -> None:
     assert registry.get_sample_value("ordercache_cache_requests_total", negative) == 1
     metrics.near_hits.hits["order"] += 1
     assert registry.get_sample_value("ordercache_cache_requests_total", labels) == 6
-
-
-def test_near_cache_refused_on_cluster() -> None:
-    from ordercache.config.settings import load_settings
-    from ordercache.errors import ConfigError
-
-    env = {
-        "ORDERCACHE_REDIS_MODE": "cluster",
-        "ORDERCACHE_REDIS_CLUSTER_NODES": "127.0.0.1:7000",
-        "ORDERCACHE_NEAR_CACHE": "true",
-    }
-    with pytest.raises(ConfigError, match="NEAR_CACHE"):
-        load_settings(env)
 
 
 async def test_failover_to_another_primary_resubscribes_there(

@@ -67,6 +67,9 @@ class NearCache:
         self.flushes = 0
         self.invalidations = 0
         self.on_flush: Callable[[str], None] | None = None
+        #: Set by a cluster's listener: whether a fill of this key may be kept (its
+        #: slot is served by a primary whose broadcasts are heard).
+        self.accepts: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -95,6 +98,8 @@ class NearCache:
     ) -> NearEntry | None:
         """Keep ``raw`` (read after ``token`` was taken) unless it may be stale."""
         if not self.live or token < self._floor or not self._unchanged_since(key, token):
+            return None
+        if self.accepts is not None and not self.accepts(key):
             return None
         life = self.config.ttl if ttl is None else min(ttl, self.config.ttl)
         entry = NearEntry(raw, self._clock() + life)

@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     near_cache: bool = Field(
         False,
         description="In-process near-cache (L1) kept coherent by Redis CLIENT TRACKING "
-        "(standalone/Sentinel only). Off: every read asks Redis.",
+        "(on a cluster: one listener connection per primary). Off: every read asks Redis.",
     )
     near_cache_max_entries: PositiveInt = Field(
         10_000, description="Near-cache size bound (least recently used dropped)."
@@ -377,11 +377,6 @@ class Settings(BaseSettings):
                     f"(the master comes from {p}REDIS_SENTINELS); unset it"
                 )
             parse_hostports(self.redis_sentinels, f"{p}REDIS_SENTINELS")
-        if self.redis_mode == "cluster" and self.near_cache:
-            raise ValueError(
-                f"{p}NEAR_CACHE: not available with {p}REDIS_MODE=cluster "
-                "(invalidation broadcasts are per node); unset it"
-            )
         if self.redis_mode == "cluster":
             if not self.redis_cluster_nodes and self.redis_url is None:
                 raise ValueError(
