@@ -9,6 +9,7 @@ at what landed in that topology's Redis:
 * change events -> guarded invalidations and refreshes (the batch pipeline applies);
 * tracking updates -> Redis Streams (the mirror runs after the batch applied);
 * reads: miss then hit, concurrent misses served by one database load (stampede);
+* the near-cache (on here): served, and kept coherent by every primary's broadcasts;
 * health and /stats on the topology.
 
 Failover under traffic needs a deployment of its own (a primary gets killed):
@@ -88,6 +89,10 @@ def worker_env(topology: Topology, pg_schema: str, kafka_broker: str) -> dict[st
         "topic_tracking": f"{tag}.tracking",
         "topic_dlq": f"{tag}.dlq",
         "stream_shards": str(STREAM_SHARDS),
+        # the near-cache on, its copies kept long: a change event must reach them too
+        # (a missed invalidation would outlive every wait in these tests)
+        "near_cache": "true",
+        "near_cache_ttl": "120",
     }
 
 
@@ -176,6 +181,18 @@ async def test_change_events_invalidate_and_refresh_the_cache(suite: Suite, seed
     assert (await suite.read(inv_path))[1] == "hit"
     assert (await suite.read(order_path))[1] == "hit"
 
+    async def near_hits() -> float:
+        text = (await get(suite.http, suite.worker.base + "/metrics")).body.decode()
+        return sample(metrics_of(text), "ordercache_cache_near_hits_total", view="inventory")
+
+    before = await near_hits()
+
+    async def served_from_the_near_cache() -> bool:
+        await suite.read(inv_path)
+        return await near_hits() > before
+
+    # the inventory is now held in the near-cache (whose copies live 120 s here)
+    await eventually(served_from_the_near_cache, "an inventory read served by the near-cache")
     await suite.write(writes.restock, seeded.product_id, 7, NOW)
     await suite.write(writes.set_status, seeded.order_id, "delivered", NOW)
 
