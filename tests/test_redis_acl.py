@@ -419,3 +419,50 @@ async def test_warming_and_early_refresh_as_the_acl_user(
         assert acl_redis.denied() == []
     finally:
         await ctx.aclose()
+
+
+# --------------------------------------------------------------------------- near-cache
+#: What docs/deployment.md says to add to the user for the near-cache (standalone and
+#: Sentinel; a cluster also needs +cluster|nodes, and its ACL is not covered here).
+NEAR_CACHE_RULES = "+client|id +client|tracking +subscribe &__redis__:invalidate"
+
+
+def test_docs_name_the_near_cache_rules_the_test_adds() -> None:
+    assert f"`{NEAR_CACHE_RULES}`" in " ".join(DOCS.read_text().split())
+
+
+async def test_near_cache_listener_as_the_acl_user_with_the_documented_additions(
+    acl_redis: AclRedis, tmp_path: Path
+) -> None:
+    with acl_redis.admin() as r:
+        r.execute_command("ACL", "SETUSER", USER, *NEAR_CACHE_RULES.split())
+    ctx = AppContext.build(user_settings(acl_redis, tmp_path, near_cache=True))
+    assert ctx.tracking is not None and ctx.cache.near is not None
+    near = ctx.cache.near
+    await ctx.tracking.start()
+    try:
+        assert await ctx.tracking.wait_live(10), acl_redis.denied()
+        key = ctx.keys.entry(View.INVENTORY, 21)
+
+        async def load(pid: int) -> ProductInventory:
+            return inventory(pid, 1)
+
+        for _ in range(500):  # the fill's own writes are broadcast: read until kept
+            await ctx.cache.get_or_load(INVENTORY, 21, load)
+            if key in near:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("never kept in the near-cache")
+        with acl_redis.admin() as r:  # another client changes the key
+            r.set(key, "changed")
+        for _ in range(500):
+            if key not in near:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the invalidation never arrived")
+        assert acl_redis.denied() == []
+    finally:
+        await ctx.tracking.stop()
+        await ctx.aclose()
