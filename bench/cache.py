@@ -1,6 +1,6 @@
 """Cache benchmarks, each measure against its baseline at its best, in one run.
 
-    python -m bench.cache [--orders 5000] [--rounds 9] [--json]
+    python -m bench.cache [--orders 5000] [--rounds 9] [--cluster] [--json]
 
 1. hit path, L1 off: raw redis-py ``GET`` + ``orjson.loads`` + model validation
    vs ``CacheService.get_or_load`` (hit; metrics included)
@@ -12,6 +12,10 @@
    (p99 of 300; an upper bound of commit -> gone)
 5. per view: cache hit vs the same view loaded from PostgreSQL
 6. stampede across processes: 4 processes x 50 concurrent misses of one key -> loads
+
+``--cluster`` measures 3 and 4 on a private 3-primary Redis Cluster instead (keys on
+every primary; the listener holds one connection per primary), against the same
+baseline through the cluster client.
 
 Rounds are interleaved, the order alternates, and the figure is the median of
 per-round ratios (``bench/common.py``).
@@ -56,6 +60,7 @@ from ordercache.db import repository as repo
 from ordercache.db.engine import create_engine, session_factory
 from ordercache.models.orm import Customer, Order, Product
 from ordercache.models.views import OrderDetails
+from ordercache.redisconn.client import AnyRedis
 from ordercache.sample.seed import SeedSpec, run_seed
 
 STAMPEDE_PROCS = 4
@@ -68,7 +73,7 @@ def make_client(max_connections: int = 32) -> aioredis.Redis:
     )
 
 
-def make_cache(client: aioredis.Redis, prefix: str, **config: Any) -> CacheService:
+def make_cache(client: AnyRedis, prefix: str, **config: Any) -> CacheService:
     """A cache service as the worker builds it (early refresh on, beta 1.0)."""
     return build_cache_service(
         client,
@@ -217,13 +222,15 @@ async def batch(
 
 async def near_cache(
     report: Report,
-    client: aioredis.Redis,
+    client: AnyRedis,
     prefix: str,
     load: dict[str, Callable[[int], Awaitable[Any]]],
     ids: list[int],
     rounds: int,
+    other_client: Callable[[], AnyRedis] = lambda: make_client(4),
 ) -> None:
-    """L1 hit vs raw GET + orjson; coherence lag of L1 after an invalidation."""
+    """L1 hit vs raw GET + orjson; coherence lag of L1 after an invalidation (of each
+    of ``ids`` in turn, by a client of its own)."""
     cache = make_cache(client, prefix)
     near = NearCache(NearConfig(ttl=60.0))
     cache.near = near
@@ -260,12 +267,13 @@ async def near_cache(
         # Coherence: from the start of an invalidation (another client, as the
         # pipeline's) to the L1 entry gone. The start includes the invalidation's
         # own round trip, so this is an upper bound on commit -> gone.
-        other = make_client(4)
+        other = other_client()
         invalidator = make_cache(other, prefix)
         lags: list[float] = []
         after_reply: list[float] = []
         try:
             for i in range(300):
+                oid = ids[i % len(ids)]
                 key = await _fill_near(cache, oid, load["order"])
                 t0 = time.perf_counter()
                 await invalidator.invalidate(ORDER.view, oid, version=None)
@@ -404,6 +412,48 @@ async def stampede(report: Report, prefix: str) -> None:
     )
 
 
+async def cluster_main(rounds: int, as_json: bool) -> None:
+    """The near-cache measures on a private 3-primary cluster."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    from tests.redis_procs import start_cluster
+
+    report = Report("cache-cluster")
+    cluster = await asyncio.to_thread(start_cluster, 3)
+
+    def cluster_client() -> RedisCluster:
+        nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]
+        return RedisCluster(startup_nodes=nodes, socket_timeout=5.0)
+
+    try:
+        async with scratch_database() as url:
+            engine = create_engine(url, pool_size=4)
+            await run_seed(engine, SeedSpec(customers=20, products=50, orders=200))
+            async with session_factory(engine)() as s:
+                order_ids = list((await s.execute(select(Order.id).limit(200))).scalars())
+            client = cluster_client()
+            await client.initialize()
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            keys = KeySpace(prefix)
+            owners: dict[str, int] = {}  # one order per primary
+            for oid in order_ids:
+                node = client.get_node_from_key(keys.entry(ORDER.view, oid))
+                assert node is not None
+                owners.setdefault(node.name, oid)
+            log(f"cluster: {len(cluster.nodes)} primaries, orders {sorted(owners.values())}")
+            try:
+                await near_cache(
+                    report, client, prefix, loaders(session_factory(engine)),
+                    sorted(owners.values()), rounds, cluster_client,
+                )  # fmt: skip
+            finally:
+                await client.aclose()
+                await engine.dispose()
+    finally:
+        cluster.cleanup()
+    report.emit(as_json)
+
+
 def quantile_ms(xs: list[float], q: float) -> float:
     return p(xs, q) * 1e3
 
@@ -412,6 +462,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--orders", type=int, default=5_000)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--cluster", action="store_true", help="near-cache measures on a cluster")
     add_json_flag(ap)
     a = ap.parse_args()
-    asyncio.run(main(a.orders, a.rounds, a.json))
+    if a.cluster:
+        asyncio.run(cluster_main(a.rounds, a.json))
+    else:
+        asyncio.run(main(a.orders, a.rounds, a.json))
