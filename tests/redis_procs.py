@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,13 +218,13 @@ class LocalCluster:
             node.cleanup()
 
 
-def _start_cluster_node(node_timeout_ms: int) -> ManagedProcess:
+def _start_cluster_node(node_timeout_ms: int, extra_args: Sequence[str] = ()) -> ManagedProcess:
     # The bus port defaults to port + 10000, which may be taken or above 65535.
     bus = str(free_port())
     # validity factor 0: a replica may always take over (the tests kill primaries)
     args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", bus,
-            "--cluster-replica-validity-factor", "0"]  # fmt: skip
+            "--cluster-replica-validity-factor", "0", *extra_args]  # fmt: skip
     return start_redis_server(extra_args=args)
 
 
@@ -233,13 +233,19 @@ def _role(client: redis.Redis) -> str:
     return role.decode() if isinstance(role, bytes) else str(role)
 
 
-def start_cluster(size: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000) -> LocalCluster:
+def start_cluster(
+    size: int = 3,
+    *,
+    replicas: int = 0,
+    node_timeout_ms: int = 2000,
+    extra_args: Sequence[str] = (),
+) -> LocalCluster:
     """Start ``size`` cluster-enabled servers, create the cluster (``replicas`` per
     primary) and wait for state ok and, with replicas, for every replica in sync."""
     cluster = LocalCluster([], node_timeout_ms)
     try:
         for _ in range(size):
-            cluster.nodes.append(_start_cluster_node(node_timeout_ms))
+            cluster.nodes.append(_start_cluster_node(node_timeout_ms, extra_args))
         cli = shutil.which("redis-cli")
         assert cli is not None, "redis-cli is not installed"
         create = [cli, "--cluster", "create", *(n.url for n in cluster.nodes)]

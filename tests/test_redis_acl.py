@@ -43,6 +43,7 @@ from ordercache.streams.layout import StreamLayout, dead_letter_key
 from ordercache.streams.metrics import StreamMetrics, refresh_group_gauges
 from ordercache.streams.tail import tail
 from tests.conftest import make_settings, unique
+from tests.redis_procs import LocalCluster, start_cluster
 from tests.web_harness import Worker, get, seed, start_worker, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +112,8 @@ class AclRedis:
         ]
 
 
-def start_acl_redis(tmp: Path) -> AclRedis:
-    password = secrets.token_hex(16)
+def write_acl_file(tmp: Path, password: str) -> Path:
+    """The shipped ACL file with ``password``, plus the test's observer."""
     shipped = ACL_FILE.read_text()
     assert shipped.count(PLACEHOLDER) == 1
     acl = tmp / "users.acl"
@@ -121,7 +122,12 @@ def start_acl_redis(tmp: Path) -> AclRedis:
         # the test's observer (ACL LOG, set-up, checks): not part of the deployment ACL
         + "user default on nopass ~* &* +@all\n"
     )
-    proc = start_redis_server(extra_args=["--aclfile", str(acl)])
+    return acl
+
+
+def start_acl_redis(tmp: Path) -> AclRedis:
+    password = secrets.token_hex(16)
+    proc = start_redis_server(extra_args=["--aclfile", str(write_acl_file(tmp, password))])
     return AclRedis(proc, password)
 
 
@@ -466,3 +472,146 @@ async def test_near_cache_listener_as_the_acl_user_with_the_documented_additions
     finally:
         await ctx.tracking.stop()
         await ctx.aclose()
+
+
+# --------------------------------------------------------------------------- cluster
+#: What docs/deployment.md says to add to the user on a Redis Cluster: redis-py's
+#: cluster client reads the slot map and the command table; the near-cache listener
+#: also reads the list of primaries.
+CLUSTER_RULES = "+cluster|slots +command"
+NEAR_CACHE_CLUSTER_RULES = "+cluster|nodes"
+
+
+def test_docs_name_the_cluster_rules_the_test_adds() -> None:
+    docs = " ".join(DOCS.read_text().split())
+    assert f"`{CLUSTER_RULES}`" in docs and f"`{NEAR_CACHE_CLUSTER_RULES}`" in docs
+
+
+@pytest.fixture
+def acl_cluster(tmp_path: Path) -> Iterator[tuple[LocalCluster, str]]:
+    """A private 3-primary cluster, every node loading the shipped ACL file."""
+    password = secrets.token_hex(16)
+    acl = write_acl_file(tmp_path, password)
+    cluster = start_cluster(3, extra_args=["--aclfile", str(acl)])
+    try:
+        yield cluster, password
+    finally:
+        cluster.cleanup()
+
+
+def cluster_denied(cluster: LocalCluster) -> list[str]:
+    out = []
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port, socket_timeout=5, decode_responses=True) as r:
+            out += [
+                f"{node.url} {e.get('reason')}: {e.get('object')} (context {e.get('context')})"
+                for e in r.acl_log()
+            ]
+    return out
+
+
+async def test_cache_pipeline_streams_and_near_cache_on_a_cluster_as_the_acl_user(
+    acl_cluster: tuple[LocalCluster, str], tmp_path: Path
+) -> None:
+    """The shipped user plus the documented cluster and near-cache additions, on every
+    node: reads with fills, the pipeline's batched scripts across every primary, the
+    failover identity, INFO monitoring, the readiness probe, the tracking mirror, a
+    consumer group with a dead letter, and the near-cache listener (one connection per
+    primary) hearing an invalidation."""
+    from ordercache.app.wiring import build_mirror
+
+    cluster, password = acl_cluster
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port, socket_timeout=5) as r:
+            r.execute_command(
+                "ACL", "SETUSER", USER,
+                *CLUSTER_RULES.split(), *NEAR_CACHE_RULES.split(), NEAR_CACHE_CLUSTER_RULES,
+            )  # fmt: skip
+    settings = make_settings(
+        redis_mode="cluster",
+        redis_cluster_nodes=cluster.addresses,
+        redis_username=USER,
+        redis_password=password,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        kafka_broker="127.0.0.1:9",
+        data_dir=tmp_path,
+        app_id=unique("oc-acl-"),
+        stream_shards=2,
+        near_cache=True,
+    )
+    ctx = AppContext.build(settings)
+    assert ctx.tracking is not None and ctx.cache.near is not None
+    near = ctx.cache.near
+    await ctx.tracking.start()
+    try:
+        assert await ctx.tracking.wait_live(20), cluster_denied(cluster)
+        assert len(ctx.tracking.client_ids) == 3
+
+        async def load(pid: int) -> ProductInventory:
+            return inventory(pid, 1)
+
+        ids = list(range(1, 31))  # entries on every primary
+        values = [(await ctx.cache.get_or_load(INVENTORY, i, load)).value for i in ids]
+        assert values == [inventory(i, 1) for i in ids]
+        assert set(await ctx.cache.get_many(INVENTORY, ids)) == set(ids)
+        await ctx.cache.apply([Refresh(View.INVENTORY, 1, 2, inventory(1, 2))])
+        await ctx.cache.apply([Invalidate(View.INVENTORY, i, 3) for i in ids[1:]])
+        await ctx.cache.apply([Invalidate(View.HISTORY, 7)])
+        assert await ctx.cache.get_many(INVENTORY, ids[1:]) == {}
+        identity = await ctx.cache.server_identity()
+        assert identity is not None and len(identity.split(b",")) == 3
+        assert (await probe_redis(ctx.redis.client, ctx.keys.health("n1"))).ok
+        assert (await fetch_info(ctx.redis.client, timeout=2)).used_memory > 0
+        # the near-cache keeps a read and hears another client's change of it
+        key = ctx.keys.entry(View.INVENTORY, 40)
+        for _ in range(500):
+            await ctx.cache.get_or_load(INVENTORY, 40, load)
+            if key in near:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"never kept in the near-cache: {cluster_denied(cluster)}")
+        owner = cluster.primary_of(key)
+        with redis.Redis(port=owner.port, socket_timeout=5) as r:
+            r.set(key, "changed")
+        for _ in range(500):
+            if key not in near:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the invalidation never arrived")
+        # the tracking mirror and a consumer group with a dead letter
+        mirror = build_mirror(ctx)
+        records = [
+            TrackingRecord(
+                event_id=f"ev-{i}", order_id=40 + i % 2, status="in_transit",
+                location="Bremen", carrier="DHL", occurred_at=NOW, shipment_id=None,
+                topic="tracking.updates", partition=0, offset=i,
+            )
+            for i in range(6)
+        ]  # fmt: skip
+        assert (await mirror.mirror(records)).added == 6
+        stream = mirror.layout.shard_stream(0)
+        handled: list[str] = []
+
+        async def handler(msg: StreamMessage) -> None:
+            if msg.entry.fields.get("event_id") == "ev-2":
+                raise RejectEntry("test: refused")
+            handled.append(msg.id)
+
+        config = ConsumerConfig(block_ms=100, claim_idle_ms=150, claim_interval_s=0.05,
+                                metrics_interval_s=0.1, start_id="0")  # fmt: skip
+        consumer = StreamConsumer(ctx.redis.client, stream, "g", "c1", handler, config)
+        consumer.start()
+        try:
+            await until(
+                lambda: _consumed(ctx, handled, stream),
+                lambda: f"{handled} {cluster_denied(cluster)}",
+            )
+        finally:
+            await consumer.stop()
+        assert cluster_denied(cluster) == []
+    finally:
+        await ctx.tracking.stop()
+        await ctx.aclose()
+    assert cluster_denied(cluster) == []

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ordercache.cache.near import NearCache
 from ordercache.redisconn.client import AnyRedis
@@ -116,7 +116,7 @@ class TrackingListener:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError, ConnectionError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 log.warning("near-cache invalidation stream lost: %s", type(exc).__name__)
             except Exception:  # a defect: dark, logged, retried; never a silent end
                 log.exception("near-cache invalidation listener failed")
