@@ -6,16 +6,19 @@ real broker, a private redis-server and PostgreSQL.
   readiness names the stall (degraded: Redis down explains it, reads bypass);
 * applies that keep failing while Redis answers — an ACL user without EVALSHA, as a
   cluster-mode pipeline error would (issue 12) — make the worker not ready (503)
-  with the reason, and no secret in it.
+  with the reason, and no secret in it; on a standalone server and on a private
+  3-primary cluster (every primary answering).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from ordercache.agents.pipeline import ChangePipeline
@@ -28,6 +31,7 @@ from ordercache.sample.producer import ChangeEventProducer, Topics
 from ordercache.web.metrics import WebMetrics
 from ordercache.web.stats import StatsReporter, StatsThresholds
 from tests.conftest import make_settings, unique
+from tests.redis_procs import start_cluster
 from tests.test_pipeline import inventory_envelope
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -82,10 +86,13 @@ async def rig_factory(
 ) -> AsyncIterator[Callable[[str], Awaitable[Rig]]]:
     made: list[Rig] = []
 
-    async def make(redis_url: str) -> Rig:
+    async def make(redis_url: str | None = None, **redis: str) -> Rig:
+        """A rig on ``redis_url``, or on the Redis that the ``redis`` settings name."""
         tag = unique("s")
+        if redis_url is not None:
+            redis["redis_url"] = redis_url
         settings = make_settings(
-            redis_url=redis_url,
+            **redis,
             redis_key_prefix=tag,
             database_url=pg_schema,
             kafka_broker=kafka_broker,
@@ -187,32 +194,82 @@ async def test_lag_of_every_partition_grows_while_redis_is_down_then_returns_to_
         restarted.cleanup()
 
 
+@dataclass
+class Restricted:
+    """Redis where the user ``pipeline`` may not run scripts; its settings, and every
+    data node's ``host:port`` (to read their ACL logs)."""
+
+    settings: dict[str, str]
+    nodes: list[str]
+
+    async def denied(self) -> set[str]:
+        out: set[str] = set()
+        for address in self.nodes:
+            host, port = address.rsplit(":", 1)
+            admin = aioredis.Redis(host=host, port=int(port))
+            try:
+                out |= {str(entry.get("object")) for entry in await admin.acl_log()}
+            finally:
+                await admin.aclose()
+        return out
+
+
+def _restrict(nodes: list[str]) -> None:
+    for address in nodes:
+        host, port = address.rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port), socket_timeout=5) as admin:
+            admin.execute_command(
+                "ACL", "SETUSER", "pipeline", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all",
+                "-evalsha", "-eval",
+            )  # fmt: skip
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def restricted(request: pytest.FixtureRequest) -> Iterator[Restricted]:
+    if request.param == "standalone":
+        proc = start_redis_server()
+        try:
+            _restrict([proc.url])
+            yield Restricted(
+                {"redis_url": f"redis://pipeline:{ACL_PASSWORD}@{proc.url}/0"}, [proc.url]
+            )
+        finally:
+            proc.cleanup()
+        return
+    cluster = start_cluster(3)
+    try:
+        nodes = [n.url for n in cluster.nodes]
+        _restrict(nodes)
+        yield Restricted(
+            {
+                "redis_mode": "cluster",
+                "redis_cluster_nodes": cluster.addresses,
+                "redis_username": "pipeline",
+                "redis_password": ACL_PASSWORD,
+            },
+            nodes,
+        )
+    finally:
+        cluster.cleanup()
+
+
 async def test_apply_failing_while_redis_answers_is_not_ready(
-    rig_factory: Callable[[str], Awaitable[Rig]], private_redis: ManagedProcess
+    restricted: Restricted, rig_factory: Callable[..., Awaitable[Rig]]
 ) -> None:
     """A Redis user that may not run EVALSHA: the probe works, applies never do."""
-    admin = aioredis.Redis.from_url(f"redis://{private_redis.url}/0")
-    await admin.execute_command(
-        "ACL", "SETUSER", "pipeline", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all",
-        "-evalsha", "-eval",
-    )  # fmt: skip
-    rig = await rig_factory(f"redis://pipeline:{ACL_PASSWORD}@{private_redis.url}/0")
-    try:
-        assert (await rig.checker.ready()).status == "ok"
-        await rig.send(range(1, 4))
-        await eventually(lambda: rig.pipeline.stall_reason() is not None, timeout=30)
-        report = await rig.checker.ready()
-        body = report.as_dict()
-        assert (report.status, report.http_status) == ("down", 503), body
-        assert body["failed"] == ["pipeline"]
-        assert body["components"]["redis"]["status"] == "ok"
-        reason = body["components"]["pipeline"]["error"]
-        assert reason.startswith("apply failing: CacheError(NoPermissionError)"), reason
-        assert ACL_PASSWORD not in repr(body)
-        assert rig.value("ordercache_health_component_up", component="pipeline") == 0
-        assert rig.value("ordercache_health_component_up", component="redis") == 1
-        # the denials are Redis's own: the pipeline really was refused
-        denied = {str(entry.get("object")) for entry in await admin.acl_log()}
-        assert "evalsha" in denied
-    finally:
-        await admin.aclose()
+    rig = await rig_factory(**restricted.settings)
+    assert (await rig.checker.ready()).status == "ok"
+    await rig.send(range(1, 4))
+    await eventually(lambda: rig.pipeline.stall_reason() is not None, timeout=30)
+    report = await rig.checker.ready()
+    body = report.as_dict()
+    assert (report.status, report.http_status) == ("down", 503), body
+    assert body["failed"] == ["pipeline"]
+    assert body["components"]["redis"]["status"] == "ok"
+    reason = body["components"]["pipeline"]["error"]
+    assert reason.startswith("apply failing: CacheError(NoPermissionError)"), reason
+    assert ACL_PASSWORD not in repr(body)
+    assert rig.value("ordercache_health_component_up", component="pipeline") == 0
+    assert rig.value("ordercache_health_component_up", component="redis") == 1
+    # the denials are Redis's own: the pipeline really was refused
+    assert "evalsha" in await restricted.denied()
