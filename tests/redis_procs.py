@@ -213,6 +213,19 @@ class LocalCluster:
             for c in clients.values():
                 c.close()
 
+    def set_slot(self, slot: int, *, owner: int | None) -> None:
+        """Drop ``slot`` from every node's table (as when a primary without a replica
+        is lost), or give it back to the node on port ``owner``."""
+        for node in self.alive():
+            client = redis.Redis(port=node.port, socket_timeout=2)
+            try:
+                if owner is None:
+                    client.execute_command("CLUSTER", "DELSLOTS", slot)
+                elif node.port == owner:
+                    client.execute_command("CLUSTER", "ADDSLOTS", slot)
+            finally:
+                client.close()
+
     def cleanup(self) -> None:
         for node in reversed(self.nodes):
             node.cleanup()

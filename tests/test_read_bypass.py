@@ -71,19 +71,6 @@ async def new_product(ctx: AppContext, available: int) -> int:
         return int(product.id)
 
 
-def set_slot(cluster: LocalCluster, slot: int, *, owner: int | None) -> None:
-    """Drop ``slot`` from every node's table, or give it back to the node on port ``owner``."""
-    for node in cluster.nodes:
-        client = redis.Redis(port=node.port, socket_timeout=2)
-        try:
-            if owner is None:
-                client.execute_command("CLUSTER", "DELSLOTS", slot)
-            elif node.port == owner:
-                client.execute_command("CLUSTER", "ADDSLOTS", slot)
-        finally:
-            client.close()
-
-
 async def test_a_client_exception_outside_redis_error_becomes_a_bypass(
     ctx: AppContext, own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -98,7 +85,7 @@ async def test_a_client_exception_outside_redis_error_becomes_a_bypass(
     probe = redis.Redis(port=owner)
     slot = int(probe.execute_command("CLUSTER", "KEYSLOT", key))
     probe.close()
-    set_slot(own_cluster, slot, owner=None)
+    own_cluster.set_slot(slot, owner=None)
     try:
         with caplog.at_level(logging.WARNING, logger="ordercache.cache.service"):
             reply = await api.inventory(str(pid))
@@ -107,7 +94,7 @@ async def test_a_client_exception_outside_redis_error_becomes_a_bypass(
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("RedisClusterException" in m for m in warned), warned
     finally:
-        set_slot(own_cluster, slot, owner=owner)
+        own_cluster.set_slot(slot, owner=owner)
     own_cluster.wait_ok()
 
     # Redis serves again: reads leave the bypass once the breaker lets them through.
