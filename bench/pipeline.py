@@ -1,6 +1,7 @@
 """Change-pipeline benchmarks, baseline and ours side by side in one run.
 
-    python -m bench.pipeline [--events 50000] [--rounds 4] [--rate 1000] [--seconds 10] [--json]
+    python -m bench.pipeline [--events 50000] [--rounds 4] [--rate 1000] [--seconds 10]
+                             [--cluster] [--json]
 
 1. throughput, one worker: the same pre-produced Debezium events consumed by
    (a) raw aiokafka consumer + one pipelined Redis DEL per batch + commit (baseline)
@@ -14,7 +15,9 @@
    p50 / p99. The producer runs in another process (its own event loop and core).
 
 A private Tansu broker is started for the run; Redis is the machine's (keys under a
-random prefix, removed afterwards).
+random prefix, removed afterwards), or with ``--cluster`` a private 3-primary Redis
+Cluster (the baseline's DELs then go through redis-py's cluster pipeline, grouped per
+node like ours).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from ordercache.app.context import AppContext
 from ordercache.app.wiring import build_pipeline
 from ordercache.config.settings import load_settings
 from ordercache.local.services import start_tansu
+from ordercache.redisconn.client import AnyRedis
 
 
 def envelope(pid: int, version: int) -> bytes:
@@ -78,9 +82,7 @@ async def produce(bootstrap: str, topic: str, n: int, keyspace: int) -> None:
         await producer.stop()
 
 
-async def baseline(
-    bootstrap: str, topic: str, n: int, client: aioredis.Redis, prefix: str
-) -> float:
+async def baseline(bootstrap: str, topic: str, n: int, client: AnyRedis, prefix: str) -> float:
     """Raw aiokafka getmany + one pipelined DEL per batch + commit; events/s."""
     consumer = AIOKafkaConsumer(
         topic,
@@ -213,17 +215,39 @@ async def lag(
 
 
 async def main(
-    events: int, rounds: int, rate: int, seconds: float, as_json: bool, profile: str = ""
+    events: int,
+    rounds: int,
+    rate: int,
+    seconds: float,
+    as_json: bool,
+    profile: str = "",
+    cluster: bool = False,
 ) -> None:
-    report = Report("pipeline")
+    report = Report("pipeline-cluster" if cluster else "pipeline")
     broker = start_tansu()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client: AnyRedis
+    if cluster:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        from tests.redis_procs import start_cluster
+
+        private = await asyncio.to_thread(start_cluster, 3)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in private.nodes]
+        )
+        redis_env = {
+            "ORDERCACHE_REDIS_MODE": "cluster",
+            "ORDERCACHE_REDIS_CLUSTER_NODES": private.addresses,
+        }
+    else:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        redis_env = {"ORDERCACHE_REDIS_URL": REDIS_URL}
     try:
         bootstrap = broker.url
         tag = prefix
         env = {
-            "ORDERCACHE_REDIS_URL": REDIS_URL,
+            **redis_env,
             "ORDERCACHE_REDIS_KEY_PREFIX": prefix,
             "ORDERCACHE_KAFKA_BROKER": bootstrap,
             "ORDERCACHE_DATABASE_URL": "sqlite+aiosqlite:///:memory:",
@@ -278,9 +302,13 @@ async def main(
             events=len(lags),
         )
     finally:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            await client.unlink(key)
-        await client.aclose()
+        if cluster:
+            await client.aclose()
+            private.cleanup()
+        else:
+            async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                await client.unlink(key)
+            await client.aclose()
         broker.cleanup()
     report.emit(as_json)
 
@@ -292,6 +320,7 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", default="", help="py-spy one more run of ours into this file")
+    ap.add_argument("--cluster", action="store_true", help="on a private 3-primary cluster")
     add_json_flag(ap)
     a = ap.parse_args()
-    asyncio.run(main(a.events, a.rounds, a.rate, a.seconds, a.json, a.profile))
+    asyncio.run(main(a.events, a.rounds, a.rate, a.seconds, a.json, a.profile, a.cluster))
