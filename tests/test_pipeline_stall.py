@@ -33,7 +33,7 @@ from ordercache.sample.producer import ChangeEventProducer, Topics
 from ordercache.web.metrics import WebMetrics
 from ordercache.web.stats import StatsReporter, StatsThresholds
 from tests.conftest import make_settings, unique
-from tests.redis_procs import start_cluster
+from tests.redis_procs import LocalCluster, start_cluster
 from tests.test_cache_cluster import inv as inventory_view
 from tests.test_pipeline import inventory_envelope
 
@@ -278,50 +278,55 @@ async def test_apply_failing_while_redis_answers_is_not_ready(
     assert "evalsha" in await restricted.denied()
 
 
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A private 3-primary cluster (its slot table gets changed); requested before
+    ``rig_factory``, so it outlives the rig's clients."""
+    cluster = start_cluster(3)
+    yield cluster
+    cluster.cleanup()
+
+
 async def test_a_slot_no_node_serves_holds_the_batch_until_it_is_served_again(
-    rig_factory: Callable[..., Awaitable[Rig]],
+    own_cluster: LocalCluster, rig_factory: Callable[..., Awaitable[Rig]]
 ) -> None:
     """On a real cluster, an invalidation whose slot no node serves (a primary lost
     without a replica): the pipeline holds its batch and readiness says why; once the
     slot is served again the batch applies and nothing is lost."""
-    cluster = start_cluster(3)
+    rig = await rig_factory(redis_mode="cluster", redis_cluster_nodes=own_cluster.addresses)
+    cache, keys = rig.ctx.cache, rig.ctx.keys
+    pids = range(1, 4)
+    for pid in pids:
+        await cache.set(INVENTORY, inventory_view(pid, 1))
+    key = keys.entry(View.INVENTORY, 2)
+    owner = own_cluster.primary_of(key).port
+    slot = key_slot(key.encode())
+    own_cluster.set_slot(slot, owner=None)
     try:
-        rig = await rig_factory(redis_mode="cluster", redis_cluster_nodes=cluster.addresses)
-        cache, keys = rig.ctx.cache, rig.ctx.keys
-        pids = range(1, 4)
-        for pid in pids:
-            await cache.set(INVENTORY, inventory_view(pid, 1))
-        key = keys.entry(View.INVENTORY, 2)
-        owner = cluster.primary_of(key).port
-        slot = key_slot(key.encode())
-        cluster.set_slot(slot, owner=None)
-        try:
-            for pid in pids:  # each product changes: version 1 -> 5
-                await rig.producer.send_raw(
-                    rig.inventory, str(pid).encode(), inventory_envelope(pid, 5, 9, sku=None)
-                )
-            await eventually(lambda: rig.pipeline.stall_reason() is not None, timeout=30)
-            assert (rig.topic_lag() or 0) > 0
-            # with a slot uncovered the cluster refuses every command (it requires full
-            # coverage by default): Redis is down too, which explains the stall, and
-            # reads bypass to the database: degraded, not down
-            report = await rig.checker.ready()
-            body = report.as_dict()
-            assert (report.status, report.http_status) == ("degraded", 200), body
-            assert set(body["failed"]) == {"pipeline", "redis"}, body
-            assert body["components"]["pipeline"]["error"].startswith(
-                ("apply failing: CacheError", "stalled: no commit for")
-            ), body
-        finally:
-            cluster.set_slot(slot, owner=owner)
-        await asyncio.to_thread(cluster.wait_ok)
-        await eventually(lambda: rig.topic_lag() == 0, timeout=60)
-        await eventually(lambda: rig.pipeline.stall_reason() is None)
-        # the held batch applied whole: no entry is left at version 1
-        cached = await cache.get_many(INVENTORY, list(pids))
-        assert all(view.version == 5 for view in cached.values()), cached
-        for pid in pids:
-            assert await rig.ctx.redis.client.exists(keys.guard(View.INVENTORY, pid)) == 1
-        assert (await rig.checker.ready()).status == "ok"
+        for pid in pids:  # each product changes: version 1 -> 5
+            await rig.producer.send_raw(
+                rig.inventory, str(pid).encode(), inventory_envelope(pid, 5, 9, sku=None)
+            )
+        await eventually(lambda: rig.pipeline.stall_reason() is not None, timeout=30)
+        assert (rig.topic_lag() or 0) > 0
+        # with a slot uncovered the cluster refuses every command (it requires full
+        # coverage by default): Redis is down too, which explains the stall, and
+        # reads bypass to the database: degraded, not down
+        report = await rig.checker.ready()
+        body = report.as_dict()
+        assert (report.status, report.http_status) == ("degraded", 200), body
+        assert set(body["failed"]) == {"pipeline", "redis"}, body
+        assert body["components"]["pipeline"]["error"].startswith(
+            ("apply failing: CacheError", "stalled: no commit for")
+        ), body
     finally:
-        cluster.cleanup()
+        own_cluster.set_slot(slot, owner=owner)
+    await asyncio.to_thread(own_cluster.wait_ok)
+    await eventually(lambda: rig.topic_lag() == 0, timeout=60)
+    await eventually(lambda: rig.pipeline.stall_reason() is None)
+    # the held batch applied whole: no entry is left at version 1
+    cached = await cache.get_many(INVENTORY, list(pids))
+    assert all(view.version == 5 for view in cached.values()), cached
+    for pid in pids:
+        assert await rig.ctx.redis.client.exists(keys.guard(View.INVENTORY, pid)) == 1
+    assert (await rig.checker.ready()).status == "ok"
