@@ -107,6 +107,10 @@ class KafkaRelay:
         self.producer: AIOKafkaProducer | None = None
         self.counts: Counter[tuple[str, str, str]] = Counter()  # (topic, table, op)
         self.sent: Counter[str] = Counter()  # topic -> records
+        #: (topic, partition) -> the offset after the last record produced there (a
+        #: retried batch may have produced duplicates: offsets, not counts, say when
+        #: a consumer has read everything)
+        self.ends: dict[tuple[str, int], int] = {}
         #: (destination, key, value, headers) of every record, in order
         self.records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         self.lock = threading.Lock()
@@ -163,13 +167,16 @@ class KafkaRelay:
                     )
                     for dest, key, value, headers in batch
                 ]
-                await asyncio.gather(*futures)
+                produced = await asyncio.gather(*futures)
                 break
             except KafkaError as exc:
                 if not exc.retriable or asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.2)
         with self.lock:
+            for meta in produced:
+                tp = (meta.topic, meta.partition)
+                self.ends[tp] = max(self.ends.get(tp, 0), meta.offset + 1)
             self.records.extend(batch)
             for dest, _, value, headers in batch:
                 table, op = summarize(value, headers)

@@ -310,8 +310,12 @@ async def quiesce(st: Stack) -> None:
     wanted = {st.settings.topic_orders, st.settings.topic_inventory, st.settings.topic_tracking}
 
     async def consumed() -> bool:
-        sent = sum(n for topic, n in st.relay.sent.items() if topic in wanted)
-        return _pipeline_count(st, ("applied", "tombstone", "heartbeat", "dlq")) >= sent
+        # the pipeline commits only what it applied: committed offsets at the ends of
+        # what the relay produced mean every record was applied (duplicates included)
+        with st.relay.lock:
+            ends = {tp: end for tp, end in st.relay.ends.items() if tp[0] in wanted}
+        committed = {(p.topic, p.partition): p.committed for p in st.pipeline.progress.partitions()}
+        return all((committed.get(tp) or 0) >= end for tp, end in ends.items())
 
     await eventually(consumed, "every relayed record consumed by the pipeline")
 
