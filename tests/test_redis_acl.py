@@ -221,42 +221,12 @@ async def test_streams_mirror_consumers_dead_letters_and_tail_as_the_acl_user(
 
     ctx = user_ctx
     mirror = build_mirror(ctx)
-    records = [
-        TrackingRecord(
-            event_id=f"ev-{i}",
-            order_id=40 + i % 2,
-            status="in_transit",
-            location="Bremen",
-            carrier="DHL",
-            occurred_at=NOW,
-            shipment_id=None,
-            topic="tracking.updates",
-            partition=0,
-            offset=i,
-        )
-        for i in range(6)
-    ]
+    records = tracking_records(6)
     assert (await mirror.mirror(records)).added == 6
     assert (await mirror.mirror(records)).added == 0  # watermarks and dedupe window
     stream = mirror.layout.shard_stream(0)
-    handled: list[str] = []
-
-    async def handler(msg: StreamMessage) -> None:
-        if msg.entry.fields.get("event_id") == "ev-2":
-            raise RejectEntry("test: refused")  # -> dead-letter stream, MULTI/EXEC
-        handled.append(msg.id)
-
-    config = ConsumerConfig(block_ms=100, claim_idle_ms=150, claim_interval_s=0.05,
-                            metrics_interval_s=0.1, start_id="0")  # fmt: skip
-    consumer = StreamConsumer(ctx.redis.client, stream, "g", "c1", handler, config)
-    consumer.start()
-    try:
-        await until(
-            lambda: _consumed(ctx, handled, stream), lambda: f"{handled} {acl_redis.denied()}"
-        )
-    finally:
-        await consumer.stop()
-        metrics = StreamMetrics.for_registry(CollectorRegistry())
+    await consume_with_one_dead_letter(ctx, stream, acl_redis.denied)
+    metrics = StreamMetrics.for_registry(CollectorRegistry())
     await refresh_group_gauges(ctx.redis.client, metrics, stream=stream, label="t", group="g")
     got = [e async for e in tail(ctx.redis.client, ctx.keys, 40, shards=2, from_id="0", count=3)]
     assert len(got) == 3
@@ -271,6 +241,65 @@ async def test_streams_mirror_consumers_dead_letters_and_tail_as_the_acl_user(
     assert (await live).fields["event_id"] == "ev-later"
     assert acl_redis.users() == {USER}
     assert acl_redis.denied() == []
+
+
+def tracking_records(n: int) -> list[TrackingRecord]:
+    return [
+        TrackingRecord(
+            event_id=f"ev-{i}", order_id=40 + i % 2, status="in_transit", location="Bremen",
+            carrier="DHL", occurred_at=NOW, shipment_id=None, topic="tracking.updates",
+            partition=0, offset=i,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def consume_with_one_dead_letter(
+    ctx: AppContext, stream: str, denied: Callable[[], list[str]]
+) -> None:
+    """A consumer group reads ``stream`` (shard 0 of ``tracking_records(6)``) until two
+    entries are handled and ``ev-2``, rejected, is in the dead-letter stream
+    (MULTI/EXEC)."""
+    handled: list[str] = []
+
+    async def handler(msg: StreamMessage) -> None:
+        if msg.entry.fields.get("event_id") == "ev-2":
+            raise RejectEntry("test: refused")  # -> dead-letter stream, MULTI/EXEC
+        handled.append(msg.id)
+
+    config = ConsumerConfig(block_ms=100, claim_idle_ms=150, claim_interval_s=0.05,
+                            metrics_interval_s=0.1, start_id="0")  # fmt: skip
+    consumer = StreamConsumer(ctx.redis.client, stream, "g", "c1", handler, config)
+    consumer.start()
+    try:
+        await until(lambda: _consumed(ctx, handled, stream), lambda: f"{handled} {denied()}")
+    finally:
+        await consumer.stop()
+
+
+async def kept_then_heard(
+    ctx: AppContext, pid: int, change: Callable[[str], None], denied: Callable[[], list[str]]
+) -> None:
+    """The near-cache keeps a read of inventory ``pid``, and drops it when another
+    client changes the key (``change(key)``)."""
+    near = ctx.cache.near
+    assert near is not None
+    key = ctx.keys.entry(View.INVENTORY, pid)
+
+    async def load(i: int) -> ProductInventory:
+        return inventory(i, 1)
+
+    async def kept() -> bool:  # the fill's own writes are broadcast: read until kept
+        await ctx.cache.get_or_load(INVENTORY, pid, load)
+        return key in near
+
+    await until(kept, lambda: f"never kept in the near-cache: {denied()}")
+    change(key)
+
+    async def dropped() -> bool:
+        return key not in near
+
+    await until(dropped, lambda: f"the invalidation never arrived: {denied()}")
 
 
 async def until(
@@ -444,30 +473,15 @@ async def test_near_cache_listener_as_the_acl_user_with_the_documented_additions
         r.execute_command("ACL", "SETUSER", USER, *NEAR_CACHE_RULES.split())
     ctx = AppContext.build(user_settings(acl_redis, tmp_path, near_cache=True))
     assert ctx.tracking is not None and ctx.cache.near is not None
-    near = ctx.cache.near
     await ctx.tracking.start()
     try:
         assert await ctx.tracking.wait_live(10), acl_redis.denied()
-        key = ctx.keys.entry(View.INVENTORY, 21)
 
-        async def load(pid: int) -> ProductInventory:
-            return inventory(pid, 1)
+        def change(key: str) -> None:
+            with acl_redis.admin() as r:
+                r.set(key, "changed")
 
-        for _ in range(500):  # the fill's own writes are broadcast: read until kept
-            await ctx.cache.get_or_load(INVENTORY, 21, load)
-            if key in near:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("never kept in the near-cache")
-        with acl_redis.admin() as r:  # another client changes the key
-            r.set(key, "changed")
-        for _ in range(500):
-            if key not in near:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the invalidation never arrived")
+        await kept_then_heard(ctx, 21, change, acl_redis.denied)
         assert acl_redis.denied() == []
     finally:
         await ctx.tracking.stop()
@@ -541,7 +555,6 @@ async def test_cache_pipeline_streams_and_near_cache_on_a_cluster_as_the_acl_use
     )
     ctx = AppContext.build(settings)
     assert ctx.tracking is not None and ctx.cache.near is not None
-    near = ctx.cache.near
     await ctx.tracking.start()
     try:
         assert await ctx.tracking.wait_live(20), cluster_denied(cluster)
@@ -563,53 +576,18 @@ async def test_cache_pipeline_streams_and_near_cache_on_a_cluster_as_the_acl_use
         assert (await probe_redis(ctx.redis.client, ctx.keys.health("n1"))).ok
         assert (await fetch_info(ctx.redis.client, timeout=2)).used_memory > 0
         # the near-cache keeps a read and hears another client's change of it
-        key = ctx.keys.entry(View.INVENTORY, 40)
-        for _ in range(500):
-            await ctx.cache.get_or_load(INVENTORY, 40, load)
-            if key in near:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError(f"never kept in the near-cache: {cluster_denied(cluster)}")
-        owner = cluster.primary_of(key)
-        with redis.Redis(port=owner.port, socket_timeout=5) as r:
-            r.set(key, "changed")
-        for _ in range(500):
-            if key not in near:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the invalidation never arrived")
+
+        def change(key: str) -> None:
+            with redis.Redis(port=cluster.primary_of(key).port, socket_timeout=5) as r:
+                r.set(key, "changed")
+
+        await kept_then_heard(ctx, 40, change, lambda: cluster_denied(cluster))
         # the tracking mirror and a consumer group with a dead letter
         mirror = build_mirror(ctx)
-        records = [
-            TrackingRecord(
-                event_id=f"ev-{i}", order_id=40 + i % 2, status="in_transit",
-                location="Bremen", carrier="DHL", occurred_at=NOW, shipment_id=None,
-                topic="tracking.updates", partition=0, offset=i,
-            )
-            for i in range(6)
-        ]  # fmt: skip
-        assert (await mirror.mirror(records)).added == 6
-        stream = mirror.layout.shard_stream(0)
-        handled: list[str] = []
-
-        async def handler(msg: StreamMessage) -> None:
-            if msg.entry.fields.get("event_id") == "ev-2":
-                raise RejectEntry("test: refused")
-            handled.append(msg.id)
-
-        config = ConsumerConfig(block_ms=100, claim_idle_ms=150, claim_interval_s=0.05,
-                                metrics_interval_s=0.1, start_id="0")  # fmt: skip
-        consumer = StreamConsumer(ctx.redis.client, stream, "g", "c1", handler, config)
-        consumer.start()
-        try:
-            await until(
-                lambda: _consumed(ctx, handled, stream),
-                lambda: f"{handled} {cluster_denied(cluster)}",
-            )
-        finally:
-            await consumer.stop()
+        assert (await mirror.mirror(tracking_records(6))).added == 6
+        await consume_with_one_dead_letter(
+            ctx, mirror.layout.shard_stream(0), lambda: cluster_denied(cluster)
+        )
         assert cluster_denied(cluster) == []
     finally:
         await ctx.tracking.stop()
