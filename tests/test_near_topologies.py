@@ -210,6 +210,19 @@ async def never_rechecked() -> AsyncIterator[ClusterSides]:
         yield sides
 
 
+async def writer_invalidation_heard(c: ClusterSides, key: str, pid: int) -> None:
+    """The writer invalidates ``pid`` (kept in the reader's near-cache as ``key``) at
+    version 2: the copy leaves by that invalidation, not a flush, and the next read
+    answers version 2."""
+    near = c.reader.near
+    assert near is not None and key in near
+    flushes = near.flushes
+    await c.writer.cache.invalidate(View.INVENTORY, pid, version=2)
+    await until(lambda: key not in near, f"the invalidation of {key} heard")
+    assert near.flushes == flushes  # by the invalidation, not a flush
+    assert await read(c.reader, pid, 2) == inv(pid, 2)
+
+
 async def test_a_cluster_failover_moves_the_listener_to_the_promoted_primary(
     with_replicas: ClusterSides,
 ) -> None:
@@ -242,11 +255,7 @@ async def test_a_cluster_failover_moves_the_listener_to_the_promoted_primary(
     assert len(c.listener.client_ids) == 3
     # the promoted primary's writes now reach the near-cache
     key = await fill(c.reader, 7, 1)
-    flushes = near.flushes
-    await c.writer.cache.invalidate(View.INVENTORY, 7, version=2)
-    await until(lambda: key not in near, "the promoted primary's invalidation heard")
-    assert near.flushes == flushes  # by the invalidation, not a flush
-    assert await read(c.reader, 7, 2) == inv(7, 2)
+    await writer_invalidation_heard(c, key, 7)
 
 
 async def test_a_primary_added_by_resharding_is_listened_to(
@@ -266,11 +275,7 @@ async def test_a_primary_added_by_resharding_is_listened_to(
     # the read follows MOVED to the new primary, and the copy is kept: it is heard
     key = await fill(c.reader, 8, 1)
     assert client.get_node_from_key(key).name == added.url  # type: ignore[union-attr]
-    flushes = near.flushes
-    await c.writer.cache.invalidate(View.INVENTORY, 8, version=2)
-    await until(lambda: key not in near, "the new primary's invalidation heard")
-    assert near.flushes == flushes  # by the invalidation, not a flush
-    assert await read(c.reader, 8, 2) == inv(8, 2)
+    await writer_invalidation_heard(c, key, 8)
 
 
 async def test_a_read_served_by_a_primary_not_listened_to_is_not_kept(
